@@ -1,0 +1,3 @@
+"""harness: benchmark and optimize GPU single-cell methods, declaratively."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""The run protocol: W warmup runs, R timed runs, every run hashed."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.display import Reporter
+from harness.runtime import Runtime
+
+
+@dataclass
+class Measurement:
+    """What the protocol measured; ``outputs`` are the last timed run's (on the host)."""
+
+    warmup_s: list[float] = field(default_factory=list)
+    elapsed: list[float] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    warmup_hashes: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    peak_mem_mb: float = 0.0
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.elapsed))
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.elapsed))
+
+    @property
+    def iqr(self) -> float:
+        q75, q25 = np.percentile(self.elapsed, [75, 25])
+        return float(q75 - q25)
+
+    @property
+    def deterministic(self) -> bool:
+        return len(set(self.hashes + self.warmup_hashes)) == 1
+
+
+def _max_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _host(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in outputs.items()}
+
+
+def measure(
+    run: Callable[[], Mapping[str, Any]],
+    runtime: Runtime,
+    warmup: int,
+    repeats: int,
+    digest: Callable[[Mapping[str, Any]], str],
+    reporter: Reporter,
+) -> Measurement:
+    """Run ``run`` warmup + repeats times; time the timed runs with device synchronisation."""
+    m = Measurement()
+    reporter.start_runs(warmup + repeats, "benchmark")
+    try:
+        for i in range(warmup):
+            runtime.synchronize()
+            t0 = time.perf_counter()
+            out = run()
+            runtime.synchronize()
+            m.warmup_s.append(time.perf_counter() - t0)
+            m.warmup_hashes.append(digest(_host(out)))
+            reporter.run_done("warmup", i + 1, warmup, m.warmup_s[-1], m.warmup_hashes[-1])
+            del out
+        if runtime.is_cuda:
+            torch.cuda.reset_peak_memory_stats(runtime.device)
+        for i in range(repeats):
+            gc.collect()
+            runtime.synchronize()
+            t0 = time.perf_counter()
+            out = run()
+            runtime.synchronize()
+            m.elapsed.append(time.perf_counter() - t0)
+            host = _host(out)
+            m.hashes.append(digest(host))
+            reporter.run_done("run", i + 1, repeats, m.elapsed[-1], m.hashes[-1])
+            m.outputs = host
+            del out
+    finally:
+        reporter.stop_runs()
+    if runtime.is_cuda:
+        m.peak_mem_mb = torch.cuda.max_memory_allocated(runtime.device) / 2**20
+    else:
+        m.peak_mem_mb = _max_rss_mb()
+    return m

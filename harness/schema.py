@@ -1,0 +1,152 @@
+"""Config schema: structured configs for the harness keys, base classes for methods/datasets.
+
+Types and unknown keys are enforced by OmegaConf (struct mode); value ranges are declared in
+field metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``) and checked by :func:`check_ranges`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from harness.errors import UserError
+
+
+def rng(**bounds: Any) -> dict[str, Any]:
+    """Field metadata declaring a range, e.g. ``field(default=1, metadata=rng(ge=1))``."""
+    return bounds
+
+
+@dataclass
+class MethodConfig:
+    """Keys every method config has; a method's schema subclasses this."""
+
+    name: str = MISSING
+    _target_: str = MISSING
+    _schema_: str = MISSING
+    dtype: str = field(default="float32", metadata=rng(choices=["float32", "float64"]))
+    # files (relative to the repo root) the optimization loop may change / must not change
+    editable: list[str] = field(default_factory=list)
+    readonly: list[str] = field(default_factory=list)
+    # which outputs go into weights_hash (empty: all)
+    hashed_outputs: list[str] = field(default_factory=list)
+    # output hashed with the legacy md5(round(x, d)) recipe for parity with a peer tool
+    parity_output: str | None = None
+    # Optuna search space: name -> spec (used by harness.tune)
+    search_space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset config has; a dataset's schema subclasses this."""
+
+    name: str = MISSING
+    _target_: str = MISSING
+    _schema_: str = MISSING
+
+
+@dataclass
+class BenchConfig:
+    warmup: int = field(default=1, metadata=rng(ge=1))
+    repeats: int = field(default=3, metadata=rng(ge=1))
+    timeout_s: float = field(default=3600.0, metadata=rng(gt=0))
+    hash_decimals: int = field(default=8, metadata=rng(ge=0, le=15))
+    # auto: compare with the stored baseline, or store this run when there is none
+    baseline: str = field(default="auto", metadata=rng(choices=["auto", "compare", "save", "off"]))
+    seed: int = 0
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = field(default="auto", metadata=rng(choices=["auto", "cpu", "cuda"]))
+    # auto: the method's own default dtype
+    dtype: str = field(default="auto", metadata=rng(choices=["auto", "float32", "float64"]))
+    compile: bool = False
+    tf32: bool = False
+    threads: int = field(default=0, metadata=rng(ge=0))  # 0: leave torch's default
+    # regex the CUDA device name must match (None: any)
+    gpu_pattern: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+    cache: str = "${paths.results}/cache"
+
+
+@dataclass
+class TrackingConfig:
+    mlflow: bool = True
+    # None: sqlite:///<paths.results>/mlflow.db (absolute); MLFLOW_TRACKING_URI wins over None
+    uri: str | None = None
+    experiment: str | None = None  # None: the method name
+
+
+@dataclass
+class CorrectnessConfig:
+    accept: list[str] = field(default_factory=lambda: ["exact", "close"])
+
+
+@dataclass
+class RunConfig:
+    description: str = ""
+    status: str = field(default="run", metadata=rng(choices=["run", "baseline", "keep", "discard"]))
+    tag: str = ""
+    output: str | None = None
+
+
+@dataclass
+class Config:
+    method: Any = MISSING
+    dataset: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_VERDICTS = ("exact", "close", "wrong", "none", "nondeterministic")
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore (``defaults: [base_config]``)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(group="hardware", name="base_hardware", node=HardwareConfig)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Check range metadata on a dataclass instance (recursively); raise UserError naming the key."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        meta = f.metadata
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+            continue
+        if value is None or not meta:
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise UserError(f"config {key}={value!r}: must be one of {list(meta['choices'])}")
+        for op, test, word in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if op in meta and not test(value, meta[op]):
+                raise UserError(f"config {key}={value!r}: must be {word} {meta[op]}")
+
+
+def check_accept(accept: list[str]) -> None:
+    """``correctness.accept`` may only name verdict tiers."""
+    bad = [a for a in accept if a not in _VERDICTS]
+    if bad:
+        raise UserError(f"config correctness.accept: unknown verdict(s) {bad}; use {_VERDICTS[:3]}")

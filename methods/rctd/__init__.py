@@ -1,0 +1,1 @@
+"""RCTD (Robust Cell Type Decomposition), reimplemented from the method's equations."""
