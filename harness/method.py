@@ -40,3 +40,10 @@ class Method(Protocol):
         self, outputs: Mapping[str, np.ndarray], data: Mapping[str, Any]
     ) -> dict[str, float]:
         """Metrics against the dataset's ground truth, when it has one (else ``{}``)."""
+
+
+# Optional hooks, used when a method defines them:
+#   series(self) -> dict[str, list[float]]
+#       per-step metrics of the last run (e.g. per-epoch ELBO), logged to MLflow with steps.
+#   write_output(self, outputs, data, path: pathlib.Path) -> None
+#       write the method's result file when the user sets ``run.output=<path>``.

@@ -37,6 +37,7 @@ class Outcome:
     error: str = ""
     mlflow_run_id: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Benchmark:
@@ -93,6 +94,14 @@ class Benchmark:
         )
         outcome = Outcome(status=self.top.run.status, measurement=m, weights_hash=m.hashes[-1])
         outcome.metrics.update(method.quality(m.outputs, data))
+        if hasattr(method, "series"):  # per-step metrics of the last run (e.g. per epoch)
+            outcome.series.update(method.series())
+        if self.top.run.output:
+            if not hasattr(method, "write_output"):
+                raise UserError(f"run.output: method {mc.name} does not write output files")
+            path = (self.cwd / self.top.run.output).resolve()
+            method.write_output(m.outputs, data, path)
+            say(f"output written: {path}")
         if mc.parity_output and mc.parity_output in m.outputs:
             outcome.tags["parity_hash"] = parity_hash(m.outputs[mc.parity_output])
         self._judge(outcome, method)
@@ -203,7 +212,7 @@ class Benchmark:
                 warmup_s=sum(m.warmup_s),
                 peak_mem_mb=m.peak_mem_mb,
             )
-            series = {"run_elapsed_s": m.elapsed, "warmup_elapsed_s": m.warmup_s}
+            series = {"run_elapsed_s": m.elapsed, "warmup_elapsed_s": m.warmup_s, **o.series}
         tags = {
             **{f"env.{k}": v for k, v in self.env.items()},
             "commit": self.env["commit"],
