@@ -55,6 +55,26 @@ def _host(outputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in outputs.items()}
 
 
+def timed_call(
+    run: Callable[[], Mapping[str, Any]], runtime: Runtime
+) -> tuple[float, dict[str, Any]]:
+    """One run, timed between device synchronisations; returns seconds and host outputs."""
+    gc.collect()
+    runtime.synchronize()
+    t0 = time.perf_counter()
+    out = run()
+    runtime.synchronize()
+    seconds = time.perf_counter() - t0
+    return seconds, _host(out)
+
+
+def peak_memory_mb(runtime: Runtime) -> float:
+    """CUDA max allocated since the last reset, or the process's max RSS on CPU."""
+    if runtime.is_cuda:
+        return torch.cuda.max_memory_allocated(runtime.device) / 2**20
+    return _max_rss_mb()
+
+
 def measure(
     run: Callable[[], Mapping[str, Any]],
     runtime: Runtime,
@@ -65,35 +85,26 @@ def measure(
 ) -> Measurement:
     """Run ``run`` warmup + repeats times; time the timed runs with device synchronisation."""
     m = Measurement()
+    # objects alive now (modules, data, prepared state) leave the collector's view for good,
+    # so the collection before each run (and the next benchmark's in the same process, as in
+    # harness.tune) scans only what is new
+    gc.collect()
+    gc.freeze()
     reporter.start_runs(warmup + repeats, "benchmark")
     try:
         for i in range(warmup):
-            runtime.synchronize()
-            t0 = time.perf_counter()
-            out = run()
-            runtime.synchronize()
-            m.warmup_s.append(time.perf_counter() - t0)
-            m.warmup_hashes.append(digest(_host(out)))
-            reporter.run_done("warmup", i + 1, warmup, m.warmup_s[-1], m.warmup_hashes[-1])
-            del out
+            seconds, host = timed_call(run, runtime)
+            m.warmup_s.append(seconds)
+            m.warmup_hashes.append(digest(host))
+            reporter.run_done("warmup", i + 1, warmup, seconds, m.warmup_hashes[-1])
         if runtime.is_cuda:
             torch.cuda.reset_peak_memory_stats(runtime.device)
         for i in range(repeats):
-            gc.collect()
-            runtime.synchronize()
-            t0 = time.perf_counter()
-            out = run()
-            runtime.synchronize()
-            m.elapsed.append(time.perf_counter() - t0)
-            host = _host(out)
-            m.hashes.append(digest(host))
-            reporter.run_done("run", i + 1, repeats, m.elapsed[-1], m.hashes[-1])
-            m.outputs = host
-            del out
+            seconds, m.outputs = timed_call(run, runtime)
+            m.elapsed.append(seconds)
+            m.hashes.append(digest(m.outputs))
+            reporter.run_done("run", i + 1, repeats, seconds, m.hashes[-1])
     finally:
         reporter.stop_runs()
-    if runtime.is_cuda:
-        m.peak_mem_mb = torch.cuda.max_memory_allocated(runtime.device) / 2**20
-    else:
-        m.peak_mem_mb = _max_rss_mb()
+    m.peak_mem_mb = peak_memory_mb(runtime)
     return m

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 import threading
@@ -44,7 +46,12 @@ class Benchmark:
     """Validated inputs plus everything needed to write exactly one row for them."""
 
     def __init__(
-        self, cfg: DictConfig, valid: validate.Validated, overrides: list[str], reporter: Reporter
+        self,
+        cfg: DictConfig,
+        valid: validate.Validated,
+        overrides: list[str],
+        reporter: Reporter,
+        env: dict[str, Any] | None = None,
     ) -> None:
         self.raw = cfg
         self.overrides = overrides
@@ -60,18 +67,24 @@ class Benchmark:
             (self.cwd / self.top.paths.cache).resolve(),
             self.top.bench.seed,
         )
-        self.env = fingerprint(self.runtime, self.cwd)
+        self.env = env or fingerprint(self.runtime, self.cwd)
         self._lock = threading.Lock()
         self._recorded = False
+        # jobs of one sweep share this id (results.tsv tag "sweep:<id>", MLflow tag sweep_id)
+        self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
         self.started = datetime.now(timezone.utc)
 
     # ---- the data flow -------------------------------------------------------------------
-    def execute(self) -> Outcome:
-        """Load → prepare → warmup → timed runs → hash → verdict. Never writes anything."""
-        mc, bench, say = self.method_cfg, self.top.bench, self.reporter.info
-        say(f"dataset {self.dataset_cfg.name}: loading")
+    def load(self) -> Any:
+        """The dataset's AnnData objects (``dataset._target_`` called with its config)."""
+        self.reporter.info(f"dataset {self.dataset_cfg.name}: loading")
         loader = validate.locate(self.dataset_cfg._target_, "dataset._target_")
-        data = loader(self.dataset_cfg)
+        return loader(self.dataset_cfg)
+
+    def setup(self, data: Any = None) -> tuple[Any, Any, Any]:
+        """Load the dataset (unless given), build and check the method, prepare it (untimed)."""
+        mc, say = self.method_cfg, self.reporter.info
+        data = self.load() if data is None else data
         method_cls = validate.locate(mc._target_, "method._target_")
         method = method_cls(mc, self.runtime)
         method.check_inputs(data)
@@ -80,18 +93,30 @@ class Benchmark:
         state = method.prepare(data)
         self.runtime.synchronize()
         say(f"prepare done in {time.perf_counter() - t0:.2f} s")
+        return method, data, state
 
-        def digest(outputs: Any) -> str:
-            return weights_hash(outputs, bench.hash_decimals, mc.hashed_outputs or None)
+    def digest(self, outputs: Any) -> str:
+        """The canonical hash of a run's (host) outputs."""
+        names = self.method_cfg.hashed_outputs or None
+        return weights_hash(outputs, self.top.bench.hash_decimals, names)
 
+    def execute(self, data: Any = None) -> Outcome:
+        """Load → prepare → warmup → timed runs → hash → verdict. Never writes anything."""
+        method, data, state = self.setup(data)
+        bench = self.top.bench
         m = measure(
             lambda: method.run(state),
             self.runtime,
             bench.warmup,
             bench.repeats,
-            digest,
+            self.digest,
             self.reporter,
         )
+        return self.conclude(method, data, m)
+
+    def conclude(self, method: Any, data: Any, m: Measurement) -> Outcome:
+        """Quality metrics, optional output file, parity hash and verdict of a measurement."""
+        mc = self.method_cfg
         outcome = Outcome(status=self.top.run.status, measurement=m, weights_hash=m.hashes[-1])
         outcome.metrics.update(method.quality(m.outputs, data))
         if hasattr(method, "series"):  # per-step metrics of the last run (e.g. per epoch)
@@ -101,7 +126,7 @@ class Benchmark:
                 raise UserError(f"run.output: method {mc.name} does not write output files")
             path = (self.cwd / self.top.run.output).resolve()
             method.write_output(m.outputs, data, path)
-            say(f"output written: {path}")
+            self.reporter.info(f"output written: {path}")
         if mc.parity_output and mc.parity_output in m.outputs:
             outcome.tags["parity_hash"] = parity_hash(m.outputs[mc.parity_output])
         self._judge(outcome, method)
@@ -116,7 +141,7 @@ class Benchmark:
             hardware=self.top.hardware.name,
             environment=baselines.short_hash(environment_key(self.env)),
         )
-        return key.path(self.results / "baselines")
+        return key.path((self.cwd / self.top.paths.baselines).resolve())
 
     def _judge(self, outcome: Outcome, method: Any) -> None:
         m, mode = outcome.measurement, self.top.bench.baseline
@@ -138,7 +163,7 @@ class Benchmark:
             outcome.verdict = "none"
             if outcome.status == "run":
                 outcome.status = "baseline"
-            self.reporter.info(f"baseline saved: {path.relative_to(self.results.parent)}")
+            self.reporter.info(f"baseline saved: {path}")
             return
         verdict, metrics = baselines.verdict(
             outcome.weights_hash, m.outputs, stored, method.compare
@@ -155,10 +180,16 @@ class Benchmark:
             self._recorded = True
         if self.top.tracking.mlflow:
             try:
-                outcome.mlflow_run_id = self._log_mlflow(outcome)
+                with _sqlite_writer_lock(self._uri()):
+                    outcome.mlflow_run_id = self._log_mlflow(outcome)
             except Exception as exc:  # the row must not be lost because tracking failed
                 outcome.error = outcome.error or f"MLflow logging failed: {exc}"
-                print(f"error: MLflow logging to {self._uri()} failed: {exc}", file=sys.stderr)
+                print(
+                    f"error: MLflow logging to {self._uri()} failed ({type(exc).__name__}: {exc});"
+                    " the results.tsv row is written without an mlflow_run_id. Many concurrent"
+                    " jobs need a shared tracking server: tracking.uri=http://<host>:5000",
+                    file=sys.stderr,
+                )
         append_row(self.results / "results.tsv", self._row(outcome))
         return True
 
@@ -191,7 +222,9 @@ class Benchmark:
             "weights_hash": o.weights_hash,
             "verdict": o.verdict,
             "status": o.status,
-            "tag": self.top.run.tag,
+            "tag": " ".join(
+                filter(None, [self.top.run.tag, self.sweep_id and f"sweep:{self.sweep_id}"])
+            ),
             "description": self.top.run.description or o.error,
             "overrides": " ".join(self.overrides),
             "mlflow_run_id": o.mlflow_run_id,
@@ -230,6 +263,8 @@ class Benchmark:
         }
         if self.top.run.tag:
             tags["tag"] = self.top.run.tag
+        if self.sweep_id:
+            tags["sweep_id"] = self.sweep_id
         if o.error:
             tags["error"] = o.error
         resolved = OmegaConf.to_container(self.raw, resolve=True)
@@ -285,10 +320,45 @@ class Benchmark:
         return "\n".join(["", "== harness summary ==", *summary_lines(fields)])
 
 
-def run(cfg: DictConfig, valid: validate.Validated, overrides: list[str]) -> Outcome:
-    """Benchmark and record. UserErrors propagate before anything is written."""
+@contextlib.contextmanager
+def _sqlite_writer_lock(uri: str, timeout_s: float = 600.0) -> Any:
+    """Hold an exclusive lock beside a sqlite MLflow store while logging one run.
+
+    Concurrent jobs (a multirun, SLURM array tasks) writing one sqlite file fail: sqlite has a
+    single writer, and two jobs creating a new database race in MLflow's schema migration.
+    Other URIs (a tracking server, a database server) need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///").split("?", 1)[0] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"waited {timeout_s:.0f} s for the lock {lock}") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run(
+    cfg: DictConfig, valid: validate.Validated, overrides: list[str], sweep_id: str = ""
+) -> Outcome:
+    """Benchmark and record. UserErrors propagate before anything is written.
+
+    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set).
+    """
     reporter = Reporter()
     bench = Benchmark(cfg, valid, overrides, reporter)  # hardware errors raise here
+    bench.sweep_id = bench.sweep_id or sweep_id
 
     def on_timeout() -> None:
         outcome = Outcome(

@@ -76,6 +76,7 @@ class HardwareConfig:
 class PathsConfig:
     results: str = "results"
     cache: str = "${paths.results}/cache"
+    baselines: str = "${paths.results}/baselines"
 
 
 @dataclass
@@ -100,6 +101,39 @@ class RunConfig:
 
 
 @dataclass
+class LoopConfig:
+    """The keep rule of ``python -m harness.loop``."""
+
+    tag: str = ""
+    description: str = ""
+    # keep only if the candidate's median beats the kept one's by more than min_gain (relative)
+    # and by more than k_iqr x their pooled IQR, measured over `rounds` interleaved A/B runs
+    min_gain: float = field(default=0.01, metadata=rng(ge=0, lt=1))
+    k_iqr: float = field(default=1.5, metadata=rng(ge=0))
+    rounds: int = field(default=9, metadata=rng(ge=3))
+
+
+@dataclass
+class TuneConfig:
+    """``python -m harness.tune``: an Optuna study over the method's search space."""
+
+    study: str | None = None  # None: <method>-<dataset>-<hardware>
+    storage: str | None = None  # None: sqlite:///<paths.results>/optuna.db
+    n_trials: int = field(default=20, metadata=rng(ge=1))  # the TOTAL, resumed studies included
+    seed: int = 0
+    write: bool = True  # write conf/tuned/<method>/<hardware>.yaml with the best parameters
+
+
+@dataclass
+class CompareConfig:
+    """``python -m harness.compare A B``: interleaved A/B timing of two commits."""
+
+    rounds: int = field(default=9, metadata=rng(ge=2))
+    # exit 1 when B is slower than A by more than this fraction
+    threshold: float = field(default=0.05, metadata=rng(ge=0))
+
+
+@dataclass
 class Config:
     method: Any = MISSING
     dataset: Any = MISSING
@@ -109,6 +143,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 _VERDICTS = ("exact", "close", "wrong", "none", "nondeterministic")

@@ -1,0 +1,1 @@
+"""A test-only method whose speed and output the loop tests control through knobs.py."""

@@ -1,0 +1,74 @@
+"""A/B compare of two commits (CI gate exit code) and the report's table and plots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.report import main as report_main
+from tests.loop_repo import TOY, LoopRepo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> LoopRepo:
+    r = LoopRepo(tmp_path_factory.mktemp("comparerepo"))
+    r.set_knob("SLEEP_S", "0.03", "faster")
+    return r
+
+
+def _compare(repo: LoopRepo, a: str, b: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(repo.root)}
+    cmd = [sys.executable, "-m", "harness.compare", a, b, *TOY[:3], "compare.rounds=3"]
+    return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_compare_flags_a_regression_only_one_way(repo):
+    faster = _compare(repo, "HEAD~1", "HEAD")
+    assert faster.returncode == 0, faster.stderr
+    assert "ratio B/A: 0.6" in faster.stdout and "identical hash" in faster.stdout
+    slower = _compare(repo, "HEAD", "HEAD~1")
+    assert slower.returncode == 1 and "REGRESSION" in slower.stdout
+
+
+def test_compare_unknown_revision(repo):
+    proc = _compare(repo, "HEAD", "no-such-rev")
+    assert proc.returncode == 2 and "no-such-rev" in proc.stderr
+
+
+def test_report_table_and_plots(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    from harness.results_tsv import append_row
+
+    statuses = ["baseline", "discard", "keep", "crash", "keep", "discard"]
+    for i, status in enumerate(statuses):
+        elapsed = None if status == "crash" else 1.0 - 0.1 * i
+        append_row(
+            results / "results.tsv",
+            {
+                "status": status,
+                "tag": "t",
+                "elapsed_s": elapsed,
+                "overrides": "method=rctd",
+                "description": f"try {i}",
+            },
+        )
+    for n in (1000, 2000, 4000):
+        append_row(
+            results / "results.tsv",
+            {
+                "status": "run",
+                "tag": "sweep:s1",
+                "elapsed_s": n / 1000,
+                "overrides": f"dataset.n_pixels={n} bench.repeats=3",
+            },
+        )
+    assert report_main([f"paths.results={results}", "tag=t"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("discard") == 2 and (results / "progress.png").stat().st_size > 1000
+    assert report_main([f"paths.results={results}", "sweep=s1", "param=dataset.n_pixels"]) == 0
+    assert (results / "sweep-s1.png").stat().st_size > 1000
+    assert report_main([f"paths.results={results}", "bogus=1"]) == 2
