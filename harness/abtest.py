@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.protocol import iqr
+
 
 class WorkerFailed(Exception):
     """The worker crashed, hit a user error, or exceeded its time limit."""
@@ -135,11 +137,6 @@ def interleave(a: Worker, b: Worker, rounds: int, done: Interleaved | None = Non
             times.append(float(reply["elapsed"]))
             hashes.append(str(reply["hash"]))
     return res
-
-
-def iqr(values: list[float]) -> float:
-    q75, q25 = np.percentile(values, [75, 25])
-    return float(q75 - q25)
 
 
 @dataclass(frozen=True)

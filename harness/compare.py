@@ -18,8 +18,9 @@ from harness.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     from harness import gitops
-    from harness.abtest import Worker, WorkerFailed, interleave, iqr
+    from harness.abtest import Worker, WorkerFailed, interleave
     from harness.compose import compose_checked
+    from harness.protocol import iqr
 
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, report_user_errors
 from harness.loopstate import LoopState
 
 BRANCH_PREFIX = "autoresearch/"
@@ -153,20 +153,19 @@ def status(tag: str | None, overrides: list[str]) -> None:
     print(f"{len(state.attempts)} attempts, {kept} kept; cumulative speedup over base {total:.3f}x")
 
 
+def run(argv: list[str]) -> None:
+    """Dispatch a subcommand."""
+    command, opts, overrides = parse_args(argv)
+    if command == "start":
+        start(opts.get("tag", ""), overrides)
+    elif command == "try":
+        try_head(opts.get("tag"), opts.get("description", ""), overrides)
+    else:
+        status(opts.get("tag"), overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        command, opts, overrides = parse_args(argv)
-        if command == "start":
-            start(opts.get("tag", ""), overrides)
-        elif command == "try":
-            try_head(opts.get("tag"), opts.get("description", ""), overrides)
-        else:
-            status(opts.get("tag"), overrides)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors(lambda: run(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ from harness.display import Reporter
 from harness.runtime import Runtime
 
 
+def iqr(values: list[float]) -> float:
+    """Interquartile range (numpy's linear interpolation)."""
+    q75, q25 = np.percentile(values, [75, 25])
+    return float(q75 - q25)
+
+
 @dataclass
 class Measurement:
     """What the protocol measured; ``outputs`` are the last timed run's (on the host)."""
@@ -38,8 +44,7 @@ class Measurement:
 
     @property
     def iqr(self) -> float:
-        q75, q25 = np.percentile(self.elapsed, [75, 25])
-        return float(q75 - q25)
+        return iqr(self.elapsed)
 
     @property
     def deterministic(self) -> bool:

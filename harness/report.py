@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, report_user_errors
 from harness.results_tsv import read_rows
 
 _OPTIONS = ("tag", "sweep", "param", "paths.results", "out")
@@ -152,36 +152,34 @@ def plot_sweep(rows: list[dict[str, str]], param: str, path: Path, title: str) -
     plt.close(fig)
 
 
+def run(argv: list[str]) -> None:
+    """Print the table and write the plot."""
+    opts = parse(argv)
+    results = Path(opts.get("paths.results", "results"))
+    rows = read_rows(results / "results.tsv")
+    if not rows:
+        raise UserError(f"report: no rows in {results / 'results.tsv'}")
+    if "sweep" in opts:
+        rows = [r for r in rows if f"sweep:{opts['sweep']}" in r["tag"].split()]
+        if "param" not in opts:
+            raise UserError("report: sweep=<id> needs param=<swept key>")
+        out = Path(opts.get("out", results / f"sweep-{opts['sweep']}.png"))
+        print_table(rows)
+        plot_sweep(rows, opts["param"], out, f"sweep {opts['sweep']}")
+    else:
+        tags = [r["tag"] for r in rows if r["tag"] and not r["tag"].startswith(("sweep:", "tune:"))]
+        tag = opts.get("tag") or (tags[-1] if tags else "")
+        selected = [r for r in rows if r["tag"] == tag] if tag else rows
+        if not selected:
+            raise UserError(f"report: no rows with tag={tag}")
+        out = Path(opts.get("out", results / "progress.png"))
+        print_table(selected)
+        plot_progress(selected, out, f"loop {tag}" if tag else "all runs")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        opts = parse(sys.argv[1:] if argv is None else argv)
-        results = Path(opts.get("paths.results", "results"))
-        rows = read_rows(results / "results.tsv")
-        if not rows:
-            raise UserError(f"report: no rows in {results / 'results.tsv'}")
-        if "sweep" in opts:
-            rows = [r for r in rows if f"sweep:{opts['sweep']}" in r["tag"].split()]
-            if "param" not in opts:
-                raise UserError("report: sweep=<id> needs param=<swept key>")
-            out = Path(opts.get("out", results / f"sweep-{opts['sweep']}.png"))
-            print_table(rows)
-            plot_sweep(rows, opts["param"], out, f"sweep {opts['sweep']}")
-        else:
-            tags = [
-                r["tag"] for r in rows if r["tag"] and not r["tag"].startswith(("sweep:", "tune:"))
-            ]
-            tag = opts.get("tag") or (tags[-1] if tags else "")
-            selected = [r for r in rows if r["tag"] == tag] if tag else rows
-            if not selected:
-                raise UserError(f"report: no rows with tag={tag}")
-            out = Path(opts.get("out", results / "progress.png"))
-            print_table(selected)
-            plot_progress(selected, out, f"loop {tag}" if tag else "all runs")
-        print(f"wrote {out}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_user_errors(lambda: run(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

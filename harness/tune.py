@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import UserError, report_user_errors
 
 
 def _storage_and_name(valid: Any, results: Path) -> tuple[str, str]:
@@ -198,34 +198,32 @@ def report(study: Any, overheads: list[float], accept: list[str]) -> Any:
     return study.best_trial if feasible else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        session = Study(argv)
-        study = session.run()
-        best = report(study, session.overheads, session.valid.top.correctness.accept)
-        if best is None:
-            print(f"tune {session.name}: no feasible trial yet")
-            return 1
-        print(f"best feasible: trial {best.number}, median {best.value:.4f} s, {best.params}")
-        if session.valid.top.tune.write:
-            m, hw = session.valid.method.name, session.valid.top.hardware.name
-            path = tuned_path(m, hw)
-            header = (
-                f"# Best feasible parameters of Optuna study '{session.name}' (trial "
-                f"{best.number}, median {best.value:.4f} s).\n# Use: python -m harness +tuned/{m}={hw}\n"
-            )
-            write_tuned(path, best.params, header)
-            print(f"wrote {path}")
-            from harness.tuneloop import commit_on_loop_branch
+def run(argv: list[str]) -> int:
+    """Run (or resume) the study, print it, write and maybe commit the best parameters."""
+    session = Study(argv)
+    study = session.run()
+    best = report(study, session.overheads, session.valid.top.correctness.accept)
+    if best is None:
+        print(f"tune {session.name}: no feasible trial yet")
+        return 1
+    print(f"best feasible: trial {best.number}, median {best.value:.4f} s, {best.params}")
+    if session.valid.top.tune.write:
+        m, hw = session.valid.method.name, session.valid.top.hardware.name
+        path = tuned_path(m, hw)
+        header = (
+            f"# Best feasible parameters of Optuna study '{session.name}' (trial "
+            f"{best.number}, median {best.value:.4f} s).\n# Use: python -m harness +tuned/{m}={hw}\n"
+        )
+        write_tuned(path, best.params, header)
+        print(f"wrote {path}")
+        from harness.tuneloop import commit_on_loop_branch
 
-            commit_on_loop_branch(
-                path, f"+tuned/{m}={hw}", f"tune {session.name}: {best.params}", argv
-            )
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        commit_on_loop_branch(path, f"+tuned/{m}={hw}", f"tune {session.name}: {best.params}", argv)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_user_errors(lambda: run(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
