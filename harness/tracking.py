@@ -10,6 +10,7 @@ from typing import Any
 
 _MAX_PARAM_LEN = 6000
 _BATCH = 100  # MLflow's log_batch limit for params and tags
+_METRIC_BATCH = 1000  # ... and for metrics
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -86,12 +87,9 @@ def log_run(
     param_list = [Param(k[:250], v) for k, v in params.items()]
     tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
     for i in range(0, max(len(param_list), len(tag_list), 1), _BATCH):
-        client.log_batch(
-            run_id,
-            metrics=metric_list if i == 0 else [],
-            params=param_list[i : i + _BATCH],
-            tags=tag_list[i : i + _BATCH],
-        )
+        client.log_batch(run_id, params=param_list[i : i + _BATCH], tags=tag_list[i : i + _BATCH])
+    for i in range(0, len(metric_list), _METRIC_BATCH):
+        client.log_batch(run_id, metrics=metric_list[i : i + _METRIC_BATCH])
     for name, text in texts.items():
         client.log_text(run_id, text, name)
     client.set_terminated(run_id, status=status)
