@@ -32,6 +32,7 @@ def short_hash(payload: Any) -> str:
 @dataclass(frozen=True)
 class BaselineKey:
     method: str
+    method_params: str  # short hash of the values of the method's baseline_keys ("" if none)
     dataset: str
     dataset_params: str  # short hash of the dataset's resolved config
     hardware: str
@@ -39,7 +40,8 @@ class BaselineKey:
 
     def path(self, root: Path) -> Path:
         name = f"{_slug(self.dataset)}-{self.dataset_params}__{_slug(self.hardware)}-{self.environment}"
-        return root / _slug(self.method) / f"{name}.npz"
+        method = _slug(self.method) + (f"-{self.method_params}" if self.method_params else "")
+        return root / method / f"{name}.npz"
 
 
 @dataclass

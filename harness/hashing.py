@@ -25,14 +25,15 @@ def canonical_array(value: Any, decimals: int) -> np.ndarray:
     """The canonical form of one output: float64 rounded, or int64, C-contiguous."""
     arr = to_numpy(value)
     if arr.dtype.kind in "biu":
-        return np.ascontiguousarray(arr, dtype=np.int64)
+        return np.asarray(arr, dtype=np.int64, order="C")  # (ascontiguousarray makes 0-d 1-d)
     if arr.dtype.kind == "c":
         raise TypeError("complex outputs are not hashable; return real and imaginary parts")
     if arr.dtype.kind != "f":
         raise TypeError(f"cannot hash output of dtype {arr.dtype}")
-    out = np.round(arr.astype(np.float64), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    # np.round of a 0-d array returns a scalar: keep an ndarray (shape () stays in the digest)
+    out = np.asarray(np.round(arr.astype(np.float64), decimals) + 0.0)  # + 0.0: -0.0 → 0.0
     out[np.isnan(out)] = np.nan  # one canonical NaN bit pattern
-    return np.ascontiguousarray(out)
+    return np.asarray(out, order="C")
 
 
 def weights_hash(

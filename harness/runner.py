@@ -134,8 +134,10 @@ class Benchmark:
 
     def _baseline_path(self) -> Path:
         dataset_tree = OmegaConf.to_container(self.raw.dataset, resolve=True)
+        task = {k: getattr(self.method_cfg, k, None) for k in self.method_cfg.baseline_keys}
         key = baselines.BaselineKey(
             method=self.method_cfg.name,
+            method_params=baselines.short_hash(task) if task else "",
             dataset=self.dataset_cfg.name,
             dataset_params=baselines.short_hash(dataset_tree),
             hardware=self.top.hardware.name,

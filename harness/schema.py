@@ -35,6 +35,9 @@ class MethodConfig:
     hashed_outputs: list[str] = field(default_factory=list)
     # output hashed with the legacy md5(round(x, d)) recipe for parity with a peer tool
     parity_output: str | None = None
+    # method keys that define the task (e.g. a mode): their values join the baseline key, so a
+    # run never compares against a baseline of a different task
+    baseline_keys: list[str] = field(default_factory=list)
     # Optuna search space: name -> spec (used by harness.tune)
     search_space: dict[str, Any] = field(default_factory=dict)
 

@@ -69,8 +69,9 @@ class Validated:
 
 def validate_all(cfg: DictConfig) -> Validated:
     """Validate everything before any heavy import or any side effect."""
-    return Validated(
-        top=top_level(cfg),
-        method=section(cfg.method, "method"),
-        dataset=section(cfg.dataset, "dataset"),
-    )
+    top = top_level(cfg)
+    method = section(cfg.method, "method")
+    unknown = [k for k in method.baseline_keys if not hasattr(method, k)]
+    if unknown:
+        raise UserError(f"method.baseline_keys: {unknown} are not keys of method {method.name}")
+    return Validated(top=top, method=method, dataset=section(cfg.dataset, "dataset"))

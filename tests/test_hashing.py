@@ -65,3 +65,10 @@ def test_parity_hash_is_the_peer_recipe():
     expected = hashlib.md5(np.round(w, 8).tobytes()).hexdigest()[:16]
     assert parity_hash(w) == expected
     assert len(weights_hash({"w": w})) == 16
+
+
+def test_zero_dimensional_outputs_hash_and_differ_from_shape_one():
+    zero_d = weights_hash({"sigma": torch.tensor(0.84, dtype=torch.float64)})
+    assert zero_d == weights_hash({"sigma": np.float64(0.84)})
+    assert zero_d != weights_hash({"sigma": np.array([0.84])})  # shape is in the digest
+    assert weights_hash({"x": np.asarray(np.nan)}) == weights_hash({"x": np.asarray(-np.nan)})
