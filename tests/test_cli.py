@@ -22,7 +22,7 @@ def test_two_runs_row_mlflow_and_exact_verdict(harness_cli, tmp_path):
     assert a["method"] == "rctd" and a["dataset"] == "rctd_synthetic" and a["hardware"] == "cpu"
     assert float(b["elapsed_s"]) > 0 and int(b["n_runs"]) == 2
     assert "dataset.n_pixels=300" in b["overrides"]
-    assert list((tmp_path / "results" / "baselines" / "rctd").glob("*.npz"))
+    assert list((tmp_path / "results" / "baselines").glob("rctd-*/*.npz"))
 
     mlflow = pytest.importorskip("mlflow")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/results/mlflow.db")
@@ -44,6 +44,25 @@ def test_changed_solver_setting_is_close_or_wrong_not_exact(harness_cli, tmp_pat
     assert proc.returncode == 0, proc.stderr
     row = read_rows(tmp_path / "results" / "results.tsv")[-1]
     assert row["verdict"] == "wrong"
+
+
+def test_each_mode_has_its_own_baseline(harness_cli, tmp_path):
+    # method.baseline_keys (mode, ...) join the baseline key: doublet never judged against full
+    for mode in ("full", "doublet", "doublet"):
+        proc = harness_cli("hardware=cpu", *SMALL, "tracking.mlflow=false", f"method.mode={mode}")
+        assert proc.returncode == 0, proc.stderr
+    rows = read_rows(tmp_path / "results" / "results.tsv")
+    assert [(r["status"], r["verdict"]) for r in rows] == [
+        ("baseline", "none"), ("baseline", "none"), ("run", "exact")
+    ]  # fmt: skip
+    assert len(list((tmp_path / "results" / "baselines").glob("rctd-*/*.npz"))) == 2
+
+
+def test_unknown_baseline_key_is_a_one_line_error(harness_cli, tmp_path):
+    proc = harness_cli("hardware=cpu", *SMALL, "method.baseline_keys=[modes]")
+    assert proc.returncode == 2
+    assert "method.baseline_keys" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results" / "results.tsv").exists()
 
 
 def test_crash_writes_a_crash_row(harness_cli, tmp_path):

@@ -15,12 +15,16 @@ from methods.rctd.likelihood import (
     LikelihoodTables,
     build_x_vals,
     calc_q_all,
-    compute_q_table,
     ht_log_density,
-    load_or_build_tables,
-    save_rctd_py_npz,
     spline_second_derivatives,
     x_index,
+)
+from methods.rctd.qtable import (
+    GAMMA_STEP,
+    SIGMA_GRID,
+    compute_q_table,
+    load_or_build_tables,
+    save_rctd_py_npz,
 )
 
 K_VAL = 60
@@ -82,13 +86,27 @@ def test_x_grid():
 # ------------------------------------------------------------------------------ Q table
 
 
-@pytest.mark.parametrize("sigma", [0.3, 1.0, 1.7])
-def test_q_table_vs_quad(sigma):
+def _q_direct(sigma: float, k: int, xi: float) -> float:
+    """The upstream rule by brute force: log sum_j 0.004 p_sigma(g_j) Poisson(k; x e^g_j)."""
+    g = -20.0 + GAMMA_STEP * np.arange(10001)
+    e = (
+        stats.poisson.logpmf(k, xi * np.exp(g))
+        + ht_log_density(g / sigma)
+        - math.log(sigma)
+        + math.log(GAMMA_STEP)
+    )
+    m = e.max()
+    return float(m + math.log(np.exp(e - m).sum()))
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.3, 1.0, 2.0])
+def test_q_table_vs_direct_sum_and_quad(sigma):
     x = build_x_vals()
     q = compute_q_table(sigma, x, 40)
-    assert q.shape == (43, 439) and q.dtype == np.float64
-    for k, i in [(0, 0), (0, 300), (1, 50), (5, 100), (20, 200), (40, 250), (3, 438), (42, 10)]:
+    assert q.shape == (43, 439) and q.dtype == np.float64 and np.isfinite(q).all()
+    for k, i in [(0, 0), (0, 300), (0, 438), (1, 50), (5, 100), (20, 200), (40, 250), (42, 10)]:
         xi = x[i]
+        assert q[k, i] == pytest.approx(_q_direct(sigma, k, xi), rel=1e-13, abs=1e-12), (k, i)
 
         def f(g, k=k, xi=xi):
             return math.exp(
@@ -97,24 +115,28 @@ def test_q_table_vs_quad(sigma):
                 - math.log(sigma)
             )
 
+        # the node sum is the integral up to its end-point terms (< 1e-4 relative here)
         peak = float(np.clip(math.log(max(k, 0.5) / xi), -19.9, 19.9))
         pts = sorted({-3 * sigma, 3 * sigma, peak})
-        val, _ = integrate.quad(f, -20, 20, points=pts, limit=1000, epsabs=0, epsrel=1e-13)
-        assert q[k, i] == pytest.approx(math.log(val), abs=1e-8), (k, i)
+        val, _ = integrate.quad(f, -20, 20, points=pts, limit=1000, epsabs=0, epsrel=1e-12)
+        assert q[k, i] == pytest.approx(math.log(val), abs=1e-4), (k, i)
 
 
-def test_q_table_windowed_equals_full_grid():
+def test_q_table_large_k_and_sigma_grid():
+    assert len(SIGMA_GRID) == 126 and SIGMA_GRID[0] == 10 and SIGMA_GRID[-1] == 200
+    assert 100 in SIGMA_GRID and 71 not in SIGMA_GRID
     x = build_x_vals()
-    q = compute_q_table(0.5, x, 30)
-    qf = compute_q_table(0.5, x, 30, window_thresh=None)
-    np.testing.assert_allclose(q, qf, rtol=0, atol=1e-12)
+    q = compute_q_table(0.84, x, 300)  # rows above 128 use narrower gamma blocks
+    assert np.isfinite(q).all()
+    for k, i in [(150, 300), (302, 438), (250, 20), (129, 120)]:
+        assert q[k, i] == pytest.approx(_q_direct(0.84, k, x[i]), rel=1e-13), (k, i)
     # columns are log-probabilities of the counts 0..k: they sum to <= 1 (tail mass > k_val)
     assert np.all(np.exp(q).sum(0) <= 1 + 1e-9)
 
 
 def test_cache_roundtrip_and_corrupt(tmp_path):
     t1 = load_or_build_tables(50, 12, tmp_path)
-    path = tmp_path / "rctd_q_s50_k12.npz"
+    path = tmp_path / "rctd_q_v2_s50_k12.npz"
     assert path.exists()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
     mtime = path.stat().st_mtime_ns

@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import optimize
 
-from methods.rctd.likelihood import LikelihoodTables, load_or_build_tables
+from methods.rctd.likelihood import LikelihoodTables
 from methods.rctd.qp import psd_project, psd_project_with_norm, solve_box_qp
+from methods.rctd.qtable import load_or_build_tables
 from methods.rctd.solver import solve_irwls
 
 F64 = torch.float64
@@ -227,3 +228,60 @@ def test_input_validation(tables):
         solve_irwls(y, numi[:3], p, tables)
     with pytest.raises(TypeError):
         solve_irwls(y, numi, p.long(), tables)
+
+
+def _ill_conditioned_qps(k: int, batch: int, seed: int):
+    """Box QPs with condition numbers up to 1e4: Gauss-Seidel converges slowly on these."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(batch, k, k)))
+    ev = np.exp(rng.uniform(np.log(1e-4), 0.0, (batch, k)))
+    ev[:, -1] = 1.0
+    dm = (q * ev[:, None, :]) @ np.swapaxes(q, 1, 2) + 1e-7 * np.eye(k)
+    d = rng.normal(size=(batch, k))
+    lb = -rng.uniform(0, 1, (batch, k))
+    return dm, d, lb
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_box_qp_exact_finish(k):
+    dm, d, lb = _ill_conditioned_qps(k, 30, seed=20 + k)
+    t = torch.from_numpy
+    for sweeps in (0, 3, 50):
+        x = solve_box_qp(t(dm), t(d), t(lb), sweeps, exact=True).numpy()
+        for i in range(len(d)):
+            ref = _qp_bruteforce(dm[i], d[i], lb[i])
+            np.testing.assert_allclose(x[i], ref, rtol=1e-7, atol=1e-7 * np.abs(ref).max())
+    if k > 2:  # without the finish, a few sweeps stop short
+        x3 = solve_box_qp(t(dm), t(d), t(lb), 3).numpy()
+        refs = np.stack([_qp_bruteforce(dm[i], d[i], lb[i]) for i in range(len(d))])
+        assert np.abs(x3 - refs).max() > 1e-6
+
+
+def test_subsets_match_full_fit_and_are_batch_independent(tables):
+    from methods.rctd.likelihood import _flat_row_offset
+    from methods.rctd.solver import solve_subsets
+
+    y, numi, p, _ = _synthetic(40, 150, 4, seed=7)
+    w_full, c_full = solve_irwls(y, numi, p, tables, max_iter=30)
+    row_off = _flat_row_offset(y, tables)
+    pix = torch.arange(40)
+    types = torch.arange(4).expand(40, 4)
+    w_sub, c_sub, nll = solve_subsets(row_off, numi, p, pix, types, tables, max_iter=30, score=True)
+    torch.testing.assert_close(w_sub, w_full, rtol=0, atol=1e-10)
+    assert torch.equal(c_sub, c_full) and nll is not None and torch.isfinite(nll).all()
+    # pairs of types, in one batch or in small ones, in any order of tasks
+    pairs = torch.tensor([[0, 1], [2, 3], [1, 3]]).repeat(40, 1)
+    pix2 = torch.arange(40).repeat_interleave(3)
+    w2, _, s2 = solve_subsets(row_off, numi, p, pix2, pairs, tables, max_iter=25, score=True)
+    w2b, _, s2b = solve_subsets(
+        row_off, numi, p, pix2.flip(0), pairs.flip(0), tables, max_iter=25, score=True,
+        batch_size=7,
+    )  # fmt: skip
+    torch.testing.assert_close(w2b.flip(0), w2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s2b.flip(0), s2, rtol=0, atol=1e-9)
+    # the NLL is that of the likelihood at the fitted weights
+    from methods.rctd.likelihood import calc_q_all
+
+    lam = torch.stack([numi[0] * (p[:, pairs[j]] @ w2[j]) for j in range(3)])
+    ref = -calc_q_all(y[0].expand(3, -1), lam, tables)[0].sum(1)
+    torch.testing.assert_close(s2[:3], ref, rtol=1e-10, atol=1e-8)

@@ -11,11 +11,9 @@ Implemented from the equations in ``shared/methods/rctd.md``; no upstream code i
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -23,17 +21,12 @@ import torch
 
 __all__ = [
     "DELTA",
-    "GAMMA_MAX",
-    "GAMMA_STEP",
     "LAMBDA_MAX",
     "LAMBDA_MIN",
     "LikelihoodTables",
     "build_x_vals",
     "calc_q_all",
-    "compute_q_table",
     "ht_log_density",
-    "load_or_build_tables",
-    "save_rctd_py_npz",
     "spline_second_derivatives",
     "x_index",
 ]
@@ -41,15 +34,11 @@ __all__ = [
 DELTA = 1e-6  # lambda unit of the index formula: l = floor(sqrt(lambda / DELTA))
 LAMBDA_MIN = 1e-4
 LAMBDA_MAX = 1600.0 - 1e-4  # lambda is clipped into [LAMBDA_MIN, LAMBDA_MAX]
-GAMMA_MAX = 20.0
-GAMMA_STEP = 0.004
-N_GAMMA = 10001  # gamma grid -20, -19.996, ..., 20
-
 # heavy-tailed density ht(z): C * phi(z) for |z| < 3, C * A_TAIL / (|z| - 7/3)^2 beyond
 A_TAIL = (4.0 / 9.0) * math.exp(-4.5) / math.sqrt(2.0 * math.pi)
 C_HT = 1.0 / (math.erf(3.0 / math.sqrt(2.0)) + 3.0 * A_TAIL)
 
-_L_MAX = 40100  # integer l range searched for the grid (l(1600) = 40000, next node at 40049)
+_L_MAX = 40100  # integer l range searched for the grid (l(1600) = 40000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,15 +69,16 @@ def build_x_vals() -> np.ndarray:
     A lambda with ``m(l(lambda)) = m`` then satisfies ``l_min(m) <= l < l_min(m + 1)``, hence
     ``x_m <= lambda < (l + 1)^2 * 1e-6 <= x_{m+1}``: the 0-based index ``m - 1`` brackets
     lambda. Over ``lambda in [1e-4, 1600)`` (``l`` in ``[10, 39999]``) ``m`` takes the values
-    1..438; one more node (m = 439, ``l = 40049``, x = 1603.92) closes the last interval,
-    giving 439 nodes from ``1e-4`` to ``1603.922401``. ``l_min`` is found by evaluating the
-    same float64 formula on every integer ``l``, so grid and index agree by construction.
+    1..438; the last node is 1600 (upstream's grid maximum: lambda is clipped at 1600 - 1e-4,
+    so ``[x_437, 1600]`` brackets every clipped lambda), giving 439 nodes from ``1e-4`` to
+    ``1600``. ``l_min`` is found by evaluating the same float64 formula on every integer ``l``,
+    so grid and index agree by construction.
     """
     l_int = np.arange(10, _L_MAX + 1, dtype=np.float64)
     m = _m_of_l(l_int)
     vals, first = np.unique(m, return_index=True)
-    sel = first[vals <= 439]
-    x = l_int[sel] ** 2 / 1e6  # correctly rounded l^2 * 1e-6
+    sel = first[vals <= 438]
+    x = np.append(l_int[sel] ** 2 / 1e6, 1600.0)  # correctly rounded l^2 * 1e-6
     assert x.shape == (439,) and np.all(np.diff(x) > 0)
     return x
 
@@ -105,6 +95,7 @@ def x_index(lam: torch.Tensor) -> torch.Tensor:
     return (m - 1.0).clamp(0.0, 437.0).to(torch.long)
 
 
+@functools.lru_cache(maxsize=8)
 def _index_lut(device: torch.device | str) -> torch.Tensor:
     """x_index as a lookup table over the integer l = 0 .. _L_MAX (same formula, same clamp)."""
     l_int = torch.arange(0, _L_MAX + 1, dtype=torch.float64, device=device)
@@ -112,7 +103,7 @@ def _index_lut(device: torch.device | str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# heavy-tailed density and the Q table
+# heavy-tailed density
 # --------------------------------------------------------------------------------------------
 
 
@@ -122,142 +113,6 @@ def ht_log_density(z: np.ndarray) -> np.ndarray:
     core = -0.5 * z**2 - 0.5 * math.log(2.0 * math.pi)
     tail = math.log(A_TAIL) - 2.0 * np.log(np.maximum(z - 7.0 / 3.0, 1e-300))
     return math.log(C_HT) + np.where(z < 3.0, core, tail)
-
-
-def _gamma_grid() -> tuple[np.ndarray, np.ndarray]:
-    """gamma nodes and trapezoid weights of the integration grid -20..20 step 0.004."""
-    gamma = np.linspace(-GAMMA_MAX, GAMMA_MAX, N_GAMMA)
-    w = np.full(N_GAMMA, GAMMA_STEP)
-    w[0] = w[-1] = 0.5 * GAMMA_STEP
-    return gamma, w
-
-
-def _poisson_windows(k: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
-    """Interval [lo_k, hi_k] in t = log(lambda e^gamma) where k(t - log k + 1) - e^t >= -thresh.
-
-    The left side is the log Poisson pmf at rate e^t minus its maximum over t (the lgamma terms
-    cancel); it is concave in t with maximum 0 at t = log k. Found by bisection (k = 0 has no
-    left root: lo = -inf).
-    """
-    k = k.astype(np.float64)
-    logk = np.log(np.maximum(k, 1.0))
-
-    def f(t):
-        return k * (t - logk + 1.0) - np.exp(t) + thresh
-
-    # left root in [log k - 2 - thresh/k, log k]; right root in [log k, log k + 10]
-    lo_a = logk - 2.0 - thresh / np.maximum(k, 1.0)
-    lo_b = logk.copy()
-    hi_a = np.where(k > 0, logk, math.log(thresh) - 1.0)
-    hi_b = np.maximum(logk, 0.0) + 10.0 + math.log(thresh)
-    for _ in range(80):
-        mid = 0.5 * (lo_a + lo_b)
-        neg = f(mid) < 0
-        lo_a = np.where(neg, mid, lo_a)
-        lo_b = np.where(neg, lo_b, mid)
-        mid = 0.5 * (hi_a + hi_b)
-        neg = f(mid) < 0
-        hi_b = np.where(neg, mid, hi_b)
-        hi_a = np.where(neg, hi_a, mid)
-    lo = np.where(k > 0, lo_a, -np.inf)
-    return lo, hi_b
-
-
-def _gamma_range(g_lo: float, g_hi: float) -> tuple[int, int]:
-    """Slice [ja, jb) of the gamma grid covering [g_lo, g_hi] with one node of margin."""
-    ja = 0 if not math.isfinite(g_lo) else math.floor((g_lo + GAMMA_MAX) / GAMMA_STEP) - 1
-    jb = N_GAMMA if not math.isfinite(g_hi) else math.ceil((g_hi + GAMMA_MAX) / GAMMA_STEP) + 2
-    ja, jb = max(ja, 0), min(jb, N_GAMMA)
-    return (ja, jb) if jb > ja else (0, N_GAMMA)
-
-
-def _k_blocks(lo_t: np.ndarray, hi_t: np.ndarray, max_elems: int) -> list[tuple[int, int]]:
-    """Greedy consecutive row groups whose (rows x union-window nodes) stays <= max_elems."""
-
-    def width(a: int, b: int) -> float:
-        return min(N_GAMMA, (hi_t[a:b].max() - lo_t[a:b].min()) / GAMMA_STEP + 4)
-
-    blocks, ka, n = [], 0, len(lo_t)
-    while ka < n:
-        kb = ka + 1
-        while kb < n and (kb + 1 - ka) * width(ka, kb + 1) <= max_elems:
-            kb += 1
-        blocks.append((ka, kb))
-        ka = kb
-    return blocks
-
-
-def compute_q_table(
-    sigma: float,
-    x: np.ndarray,
-    k_val: int,
-    device: torch.device | str = "cpu",
-    *,
-    window_thresh: float | None = 100.0,
-) -> np.ndarray:
-    """Q[k, i] = log of the trapezoid integral of Poisson(k; x_i e^gamma) p_sigma(gamma) dgamma.
-
-    Shape (k_val + 3, len(x)), float64, k = 0 .. k_val + 2; gamma grid -20..20 step 0.004.
-    Evaluated in log space with an analytic shift: for every k the exponent
-    ``k(log x + gamma) - x e^gamma - lgamma(k+1) + log(w_j p_sigma(gamma_j))`` is at most
-    ``c_k = k log k - k - lgamma(k+1) + max_j log(w_j p_j)``, so
-    ``Q = c_k + log sum_j exp(exponent - c_k)`` never overflows, and it cannot underflow
-    either (the term nearest the Poisson peak is within ~20 of c_k for sigma >= 0.1).
-
-    ``window_thresh``: gamma nodes where the Poisson factor is below ``exp(-window_thresh)``
-    of its maximum are skipped, blockwise over (k, x); with the default 100 the dropped mass is
-    below e^-70 relative (the kept sum is >= e^-21 of the bound). ``None`` integrates every
-    node (slow reference path).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    n_k = k_val + 3
-    gamma_np, w_np = _gamma_grid()
-    logw_np = np.log(w_np) + ht_log_density(gamma_np / sigma) - math.log(sigma)
-    logw_max = float(logw_np.max())
-
-    k_np = np.arange(n_k, dtype=np.float64)
-    # c_k without the max log-weight: k log k - k - lgamma(k+1)  (0 for k = 0)
-    klogk = np.where(k_np > 0, k_np * np.log(np.maximum(k_np, 1.0)) - k_np, 0.0)
-    lgam = np.array([math.lgamma(v + 1.0) for v in k_np])
-    c_k = klogk - lgam + logw_max
-
-    dev = torch.device(device)
-    f64 = torch.float64
-    gamma = torch.as_tensor(gamma_np, dtype=f64, device=dev)
-    egam = torch.exp(gamma)
-    logw_rel = torch.as_tensor(logw_np - logw_max, dtype=f64, device=dev)
-    kk = torch.as_tensor(k_np, dtype=f64, device=dev)
-    neg_klogk = torch.as_tensor(-klogk, dtype=f64, device=dev)
-    xt = torch.as_tensor(x, dtype=f64, device=dev)
-    logx = torch.log(xt)
-    logsum = torch.empty(n_k, len(x), dtype=f64, device=dev)
-
-    # blocks over (k, x), small enough to stay in cache; each integrates over the union of its
-    # rows' gamma windows (the whole grid when window_thresh is None)
-    if window_thresh is None:
-        lo_t = np.full(n_k, -np.inf)
-        hi_t = np.full(n_k, np.inf)
-    else:
-        lo_t, hi_t = _poisson_windows(k_np, window_thresh)
-    if dev.type == "cpu":  # cache-sized blocks: single x, k rows grouped by window width
-        k_blocks = _k_blocks(lo_t, hi_t, max_elems=2**17)
-        xb_size = 1
-    else:
-        k_blocks = [(0, n_k)]
-        xb_size = max(1, 2**27 // (n_k * N_GAMMA))
-    logx_np = np.log(x)
-    for ka, kb in k_blocks:
-        lo_blk, hi_blk = float(lo_t[ka:kb].min()), float(hi_t[ka:kb].max())
-        for xa in range(0, len(x), xb_size):
-            xb = min(xa + xb_size, len(x))
-            ja, jb = _gamma_range(lo_blk - logx_np[xb - 1], hi_blk - logx_np[xa])
-            u = logx[xa:xb, None] + gamma[None, ja:jb]  # (xb, J) log rate
-            b = logw_rel[None, ja:jb] - xt[xa:xb, None] * egam[None, ja:jb]
-            e = b.unsqueeze(0) + neg_klogk[ka:kb, None, None]
-            e.addcmul_(kk[ka:kb, None, None], u.unsqueeze(0))  # k*u - x e^g - (klogk-k) + logw
-            e.clamp_(min=-700.0)  # exp(-700) ~ 1e-304: avoids slow denormals, changes nothing
-            logsum[ka:kb, xa:xb] = torch.log(torch.exp_(e).sum(-1))
-    return (logsum + torch.as_tensor(c_k, dtype=f64, device=dev)[:, None]).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,84 +201,9 @@ class LikelihoodTables:
                 c1=c1.reshape(-1).contiguous(),
                 e=(dsq / h).reshape(-1).contiguous(),
                 x0=x.contiguous(),
-                lut=_index_lut(x.device),
+                lut=_index_lut(str(x.device)),
             )
         return self._cache
-
-
-def _cache_path(cache_dir: Path, sigma_x100: int, k_val: int) -> Path:
-    return Path(cache_dir) / f"rctd_q_s{sigma_x100}_k{k_val}.npz"
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _try_load(path: Path, k_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path) as z:
-            q, sq, x = z["q"], z["sq"], z["x"]
-    except Exception:
-        return None
-    shape = (k_val + 3, 439)
-    ok = (
-        q.shape == shape
-        and sq.shape == shape
-        and x.shape == (439,)
-        and np.isfinite(q).all()
-        and np.isfinite(sq).all()
-        and np.array_equal(x, build_x_vals())
-    )
-    return (q, sq, x) if ok else None
-
-
-def load_or_build_tables(
-    sigma_x100: int, k_val: int, cache_dir: Path, device: torch.device | str = "cpu"
-) -> LikelihoodTables:
-    """Tables for sigma = sigma_x100 / 100, from ``cache_dir/rctd_q_s{s}_k{k}.npz`` if valid.
-
-    A missing or unreadable/inconsistent cache file is (re)built, on ``device``, and written
-    atomically. The returned tensors are CPU float64; move them with ``.to()``.
-    """
-    path = _cache_path(Path(cache_dir), sigma_x100, k_val)
-    loaded = _try_load(path, k_val) if path.exists() else None
-    if loaded is None:
-        x = build_x_vals()
-        q = compute_q_table(sigma_x100 / 100.0, x, k_val, device=device)
-        sq = spline_second_derivatives(q, x)
-        _atomic_savez(path, q=q, sq=sq, x=x)
-    else:
-        q, sq, x = loaded
-    return LikelihoodTables(
-        q=torch.from_numpy(np.ascontiguousarray(q, dtype=np.float64)),
-        sq=torch.from_numpy(np.ascontiguousarray(sq, dtype=np.float64)),
-        x=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)),
-        sigma_x100=int(sigma_x100),
-        k_val=int(k_val),
-    )
-
-
-def save_rctd_py_npz(path: Path, tables_list: list[LikelihoodTables]) -> None:
-    """Write tables in rctd-py's ``q_matrices.npz`` layout: ``Q_<sigma_x100>`` and ``X_vals``."""
-    if not tables_list:
-        raise ValueError("no tables to save")
-    x = tables_list[0].x.detach().cpu().to(torch.float64).numpy()
-    arrays = {"X_vals": x}
-    for t in tables_list:
-        if not np.array_equal(t.x.detach().cpu().to(torch.float64).numpy(), x):
-            raise ValueError("tables use different lambda grids")
-        arrays[f"Q_{t.sigma_x100}"] = t.q.detach().cpu().to(torch.float64).numpy()
-    _atomic_savez(Path(path), **arrays)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""RCTD as a harness method: prepare (untimed) and run (timed) full-mode deconvolution."""
+"""RCTD as a harness method (read-only glue): prepare (untimed) and run (timed).
+
+The timed run covers the whole pipeline from counts to weights: reference profiles, pixel
+filters and DE gene lists, platform effect (fitBulk), sigma estimation (unless
+``method.sigma_override``), the full fit and the mode's sub-fits. ``prepare`` only moves data
+to the device and loads the cached likelihood tables (building the missing ones once).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,11 +18,16 @@ import torch
 
 from harness.errors import UserError
 from harness.runtime import Runtime
-from methods.rctd import check
+from methods.rctd import check, preprocess
 from methods.rctd.config import RCTDConfig
 from methods.rctd.data import validate_rctd_inputs
-from methods.rctd.likelihood import LikelihoodTables, load_or_build_tables
+from methods.rctd.doublet import run_doublet
+from methods.rctd.likelihood import _flat_row_offset
+from methods.rctd.multi import run_multi
+from methods.rctd.platform import fit_bulk, normalise_profiles
+from methods.rctd.qtable import TableStore
 from methods.rctd.reference import cell_type_profiles
+from methods.rctd.sigma import SIGMA_START, choose_sigma, sigma_window
 from methods.rctd.solver import solve_irwls
 
 
@@ -32,16 +44,18 @@ class RCTDState:
     codes: torch.Tensor  # (cells,) type index
     spatial_genes: torch.Tensor  # indices of the shared genes in spatial columns
     reference_genes: torch.Tensor  # ... and in reference columns
-    tables: LikelihoodTables
+    not_mito: torch.Tensor  # (shared genes,) False where the name contains "mt-"
+    tables: TableStore | None  # sigma x 100 -> likelihood tables
     type_names: list[str]
 
 
 class RCTD:
-    """Robust Cell Type Decomposition, full mode (sigma fixed from config)."""
+    """Robust Cell Type Decomposition: full, doublet and multi mode."""
 
     def __init__(self, cfg: RCTDConfig, runtime: Runtime) -> None:
         self.cfg = cfg
         self.runtime = runtime
+        self.type_names: list[str] = []
 
     def _reference_cells(self, reference: Any) -> np.ndarray:
         """Indices of reference cells kept: UMI ≥ ref_umi_min, each type capped (seeded)."""
@@ -57,7 +71,8 @@ class RCTD:
         return np.sort(np.concatenate(keep))
 
     def check_inputs(self, data: Mapping[str, Any]) -> None:
-        """Input validation, then ``cell_min`` again after the reference UMI filter."""
+        """Input validation, ``cell_min`` after the reference UMI filter, >= 2 types, and the
+        gene lists / pixel filters (so a data problem stops before the tables are built)."""
         validate_rctd_inputs(data, self.cfg.cell_min)
         reference = data["reference"]
         kept = reference.obs["cell_type"].iloc[self._reference_cells(reference)]
@@ -67,70 +82,124 @@ class RCTD:
                 f"dataset.reference: cell types with fewer than method.cell_min={self.cfg.cell_min} "
                 f"cells of >= method.ref_umi_min={self.cfg.ref_umi_min} UMI: {small}"
             )
+        n_types = len(reference.obs["cell_type"].cat.categories)
+        if n_types < 2:
+            raise UserError(f"dataset.reference: RCTD needs >= 2 cell types, found {n_types}")
+        state = self._inputs(data, torch.device("cpu"), torch.float64)
+        self.type_names = state.type_names
+        prof = cell_type_profiles(state.reference, state.codes, n_types)[state.reference_genes]
+        preprocess.select(state.spatial, state.spatial_genes, prof, state.not_mito, self.cfg)
 
-    def prepare(self, data: Mapping[str, Any]) -> RCTDState:
-        """Move counts to the device and load the cached likelihood table (built once)."""
+    def _inputs(self, data: Mapping[str, Any], dev: torch.device, dtype: torch.dtype):
+        """Dense device tensors. Cell types are indexed in sorted name order (R's factor levels,
+        rctd-py's order): the doublet-mode fallback candidates ("the first types") depend on it."""
         spatial, reference = data["spatial"], data["reference"]
-        dev, dtype = self.runtime.device, self.runtime.dtype
-        cells = self._reference_cells(reference)
-        ref = reference[cells]
+        ref = reference[self._reference_cells(reference)]
         shared = spatial.var_names.intersection(reference.var_names, sort=False)
-        tables = load_or_build_tables(self.cfg.sigma_x100, self.cfg.K_val, self.runtime.cache_dir)
+        not_mito = np.array(["mt-" not in str(g) for g in shared], dtype=bool)
+        names = [str(c) for c in reference.obs["cell_type"].cat.categories]
+        rank = np.argsort(np.argsort(names, kind="stable"), kind="stable")  # category -> index
+        codes = rank[np.asarray(ref.obs["cell_type"].cat.codes, dtype=np.int64)]
         return RCTDState(
             spatial=torch.as_tensor(_dense(spatial.X), dtype=dtype, device=dev),
             reference=torch.as_tensor(_dense(ref.X), dtype=dtype, device=dev),
-            codes=torch.as_tensor(
-                np.array(ref.obs["cell_type"].cat.codes, dtype=np.int64), device=dev
-            ),
+            codes=torch.as_tensor(codes, device=dev),
             spatial_genes=torch.as_tensor(spatial.var_names.get_indexer(shared), device=dev),
             reference_genes=torch.as_tensor(reference.var_names.get_indexer(shared), device=dev),
-            tables=tables.to(dev, dtype),
-            type_names=[str(c) for c in reference.obs["cell_type"].cat.categories],
+            not_mito=torch.as_tensor(not_mito, device=dev),
+            tables=None,
+            type_names=sorted(names),
         )
 
-    def run(self, state: RCTDState) -> dict[str, torch.Tensor]:
-        """Counts → weights: profiles, pixel filter, batched IRWLS over all pixels."""
+    def prepare(self, data: Mapping[str, Any]) -> RCTDState:
+        """Move counts to the device; load the likelihood tables (building and caching missing
+        ones): sigma_override's, or the first window of sigma estimation. Tables further along
+        the estimation path are loaded once by the (untimed) warmup run and kept in memory."""
+        dev, dtype = self.runtime.device, self.runtime.dtype
+        state = self._inputs(data, dev, dtype)
         c = self.cfg
-        profiles = cell_type_profiles(state.reference, state.codes, len(state.type_names))
-        profiles = profiles[state.reference_genes]
-        numi = state.spatial.sum(dim=1)
-        mask = (numi >= c.umi_min) & (numi <= c.umi_max)
-        counts = state.spatial[mask][:, state.spatial_genes]
-        weights, converged = solve_irwls(
-            counts,
-            numi[mask],
-            profiles,
-            state.tables,
-            max_iter=c.max_iter,
-            min_change=c.min_change,
-            step=c.step,
-            psd_floor=c.psd_floor,
-            qp_sweeps=c.qp_sweeps,
-            batch_size=c.batch_size,
-        )
-        return {"weights": weights, "converged": converged, "pixel_mask": mask}
+        sigmas = [c.sigma_override] if c.sigma_override else sigma_window(SIGMA_START)
+        state.tables = TableStore(c.K_val, self.runtime.cache_dir, dev, dtype).preload(sigmas)
+        self.type_names = state.type_names
+        return state
+
+    def run(self, state: RCTDState) -> dict[str, torch.Tensor]:
+        """Counts → weights (module doc)."""
+        c = self.cfg
+        k = len(state.type_names)
+        profiles = cell_type_profiles(state.reference, state.codes, k)[state.reference_genes]
+        sel = preprocess.select(state.spatial, state.spatial_genes, profiles, state.not_mito, c)
+        kept = state.spatial[sel.pixel_mask]
+        bulk_cols = state.spatial_genes[sel.bulk_genes]
+        p = fit_bulk(
+            kept[:, bulk_cols], sel.numi, profiles[sel.bulk_genes], min_obs=c.min_obs_bulk,
+            max_iter=c.max_iter_bulk, min_change=c.min_change_bulk, step=c.step,
+            psd_floor=c.psd_floor, qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact,
+        )  # fmt: skip
+        counts = kept[:, state.spatial_genes[sel.reg_genes]]
+        prof = normalise_profiles(profiles[sel.reg_genes], counts, sel.numi, p)
+        kw = dict(min_change=c.min_change, step=c.step, psd_floor=c.psd_floor,
+                  qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact, batch_size=c.batch_size)  # fmt: skip
+        sigma = c.sigma_override or SIGMA_START
+        if not c.sigma_override:
+            sigma = choose_sigma(
+                counts, sel.numi, prof, state.tables, umi_min_sigma=c.umi_min_sigma,
+                n_fit=c.n_fit, n_epoch=c.n_epoch, seed=c.seed, solver_kw={"max_iter": c.max_iter, **kw},
+            )  # fmt: skip
+        assert state.tables is not None
+        tables = state.tables[sigma]
+        weights, converged = solve_irwls(counts, sel.numi, prof, tables, max_iter=c.max_iter, **kw)
+        out = {
+            "weights": weights,
+            "converged": converged,
+            "pixel_mask": sel.pixel_mask,
+            "sigma": torch.tensor([sigma / 100.0], dtype=torch.float64),  # (1,): hashable
+        }
+        if c.mode == "full":
+            return out
+        row_off = _flat_row_offset(counts, tables)
+        sub_kw = dict(max_iter=c.max_iter, score_iter=c.score_iter, solver_kw=kw,
+                      confidence_threshold=c.confidence_threshold,
+                      doublet_threshold=c.doublet_threshold)  # fmt: skip
+        if c.mode == "doublet":
+            out.update(run_doublet(row_off, sel.numi, prof, tables, weights, **sub_kw))
+        else:
+            out.update(
+                run_multi(
+                    row_off, sel.numi, prof, tables, weights, max_types=c.max_multi_types,
+                    **sub_kw,
+                )
+            )  # fmt: skip
+        return out
 
     def compare(
         self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
     ) -> tuple[dict[str, float], bool]:
-        return check.compare(outputs, reference, self.cfg.tol)
+        return check.compare(outputs, reference, self.cfg.tol, self.cfg.mode)
 
     def quality(
         self, outputs: Mapping[str, np.ndarray], data: Mapping[str, Any]
     ) -> dict[str, float]:
-        """Dominant-type accuracy against the dataset's true weights, when it has them."""
+        """Agreement with the dataset's ground truth, when it has one."""
+        conv = np.asarray(outputs["converged"])
+        metrics = {"converged_fraction": float(conv.mean()) if conv.size else 1.0}
+        metrics["sigma"] = float(np.asarray(outputs["sigma"]).reshape(-1)[0])
         spatial, reference = data["spatial"], data["reference"]
-        metrics = {
-            "converged_fraction": float(np.mean(outputs["converged"]))
-            if outputs["converged"].size
-            else 1.0
-        }
         if "true_weights" not in spatial.obsm:
             return metrics
         names = [str(n) for n in spatial.uns["cell_type_names"]]
-        order = [names.index(str(t)) for t in reference.obs["cell_type"].cat.categories]
-        truth = np.asarray(spatial.obsm["true_weights"])[:, order][
-            np.asarray(outputs["pixel_mask"])
-        ]
-        metrics.update(check.quality(np.asarray(outputs["weights"]), truth))
+        types = sorted(str(t) for t in reference.obs["cell_type"].cat.categories)
+        order = [names.index(t) for t in types]
+        mask = np.asarray(outputs["pixel_mask"])
+        truth = np.asarray(spatial.obsm["true_weights"])[:, order][mask]
+        n_true = (
+            spatial.obs["true_n_types"].to_numpy()[mask] if "true_n_types" in spatial.obs else None
+        )
+        metrics.update(check.quality(outputs, truth, n_true, self.cfg.mode))
         return metrics
+
+    def write_output(self, outputs: Mapping[str, Any], data: Mapping[str, Any], path: Path) -> None:
+        """``run.output``: the spatial AnnData with the results (methods/rctd/output.py)."""
+        from methods.rctd.output import write_h5ad
+
+        write_h5ad(outputs, data["spatial"], Path(path), self.type_names, self.cfg)

@@ -1,7 +1,10 @@
 """Batched small dense linear algebra for the RCTD per-pixel solver.
 
 * ``psd_project``: project symmetric matrices onto {eigenvalues >= floor}.
-* ``solve_box_qp``: ``min 1/2 x^T D x - d^T x  s.t.  x >= lb`` by projected Gauss-Seidel.
+* ``solve_box_qp``: ``min 1/2 x^T D x - d^T x  s.t.  x >= lb``: closed forms for K <= 2;
+  for K > 2 projected Gauss-Seidel sweeps, and with ``exact`` the problems then failing the
+  KKT check are finished by a primal active-set method (as exact as R's
+  ``quadprog::solve.QP``; rctd-py 0.4.0 finishes its sweeps the same way).
 
 Every operation acts row by row, so a matrix's result does not depend on the rest of the batch.
 """
@@ -12,9 +15,10 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["psd_project", "psd_project_with_norm", "solve_box_qp"]
+__all__ = ["kkt_violation", "psd_project", "psd_project_with_norm", "solve_box_qp"]
 
 _CUDA_EIGH_BATCH = 16384  # cuSOLVER's batched eigh fails on very large batches
+KKT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}  # D is scaled to spectral norm ~1
 
 
 def _sanitize(h: torch.Tensor, floor: float) -> torch.Tensor:
@@ -97,20 +101,36 @@ def psd_project(h: torch.Tensor, floor: float) -> torch.Tensor:
     return psd_project_with_norm(h, floor)[0]
 
 
-def solve_box_qp(
-    d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, sweeps: int
-) -> torch.Tensor:
-    """Minimise ``1/2 x^T D x - d^T x`` subject to ``x >= lb``, batched: D (B,K,K), d, lb (B,K).
+def _sweeps(r: torch.Tensor, z: torch.Tensor, dn_cols: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """The Gauss-Seidel sweeps on the coordinate-major state (see ``_gauss_seidel``)."""
+    delta = torch.empty_like(z[0])
+    for _ in range(sweeps):
+        for i in range(r.shape[0]):
+            torch.maximum(r[i], z[i], out=delta)
+            z[i].sub_(delta)
+            r.addcmul_(dn_cols[i], delta, value=-1.0)
+    return z
 
-    Projected Gauss-Seidel (cyclic coordinate descent with exact 1-D minimisation and
-    clipping at the bound), warm-started at ``max(d / diag(D), lb)``, for exactly ``sweeps``
-    sweeps over the K coordinates (no early exit, so each row's result is deterministic and
-    independent of the other rows). D must be symmetric with a positive diagonal.
-    """
+
+_SCRIPTED: list = []
+
+
+def _sweeps_fn():
+    """``_sweeps`` compiled by TorchScript (same ops, no per-op Python overhead), else plain."""
+    if not _SCRIPTED:
+        try:
+            _SCRIPTED.append(torch.jit.script(_sweeps))
+        except Exception:  # no source access, TorchScript unavailable: same results, slower
+            _SCRIPTED.append(_sweeps)
+    return _SCRIPTED[0]
+
+
+def _gauss_seidel(d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, sweeps: int):
+    """Projected Gauss-Seidel from ``max(d / diag(D), lb)``, exactly ``sweeps`` sweeps."""
     k = d.shape[-1]
     diag = d_mat.diagonal(dim1=-2, dim2=-1)
     x = torch.maximum(d / diag, lb)
-    if k == 1:  # the warm start is the exact minimiser
+    if k == 1 or sweeps == 0:  # for K = 1 the warm start is the exact minimiser
         return x
     # Coordinate-major layout (every slice below is contiguous over the batch). Track the scaled
     # residual r_j = (d_j - D_j. x) / D_jj and the slack z = lb - x <= 0; the exact move of
@@ -119,11 +139,104 @@ def solve_box_qp(
     r = ((d - (d_mat * x.unsqueeze(-2)).sum(-1)) / diag).T.contiguous()
     dn_cols = (d_mat / diag.unsqueeze(-1)).permute(2, 1, 0).contiguous()  # [i, j, b] = D_ji/D_jj
     lbt = lb.T.contiguous()
-    z = lbt - x.T
-    delta = torch.empty_like(z[0])
-    for _ in range(sweeps):
-        for i in range(k):
-            torch.maximum(r[i], z[i], out=delta)
-            z[i].sub_(delta)
-            r.addcmul_(dn_cols[i], delta, value=-1.0)
+    z = _sweeps_fn()(r, (lbt - x.T).contiguous(), dn_cols, sweeps)
     return (lbt - z).T.contiguous()
+
+
+def _box_qp_2(d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    """Exact 2-variable box QP: the interior optimum if feasible, else the better of the two
+    one-bound solutions (each clipped at its other bound). D must be positive definite."""
+    a, b, c = d_mat[:, 0, 0], d_mat[:, 0, 1], d_mat[:, 1, 1]
+    d0, d1, l0, l1 = d[:, 0], d[:, 1], lb[:, 0], lb[:, 1]
+    det = a * c - b * b
+    u0, u1 = (c * d0 - b * d1) / det, (a * d1 - b * d0) / det
+    interior = (u0 >= l0) & (u1 >= l1)
+    a1 = torch.maximum((d1 - b * l0) / c, l1)  # x0 at its bound
+    b0 = torch.maximum((d0 - b * l1) / a, l0)  # x1 at its bound
+
+    def obj(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (a * x0 * x0 + 2.0 * b * x0 * x1 + c * x1 * x1) - d0 * x0 - d1 * x1
+
+    first = obj(l0, a1) <= obj(b0, l1)
+    x0 = torch.where(interior, u0, torch.where(first, l0, b0))
+    x1 = torch.where(interior, u1, torch.where(first, a1, l1))
+    return torch.stack([x0, x1], dim=1)
+
+
+def kkt_violation(d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, x: torch.Tensor):
+    """Per problem: max KKT violation of x (gradient on free coordinates, negative gradient at
+    the bound, infeasibility)."""
+    g = (d_mat @ x.unsqueeze(-1)).squeeze(-1) - d
+    slack = x - lb
+    at_bound = slack <= KKT_TOL.get(x.dtype, 1e-10) * (1.0 + lb.abs())
+    v = torch.where(at_bound, (-g).clamp(min=0.0), g.abs())
+    return torch.maximum(v, (-slack).clamp(min=0.0)).amax(dim=-1)
+
+
+def _active_set(
+    d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, x: torch.Tensor, tol: float
+) -> torch.Tensor:
+    """Primal active-set method from a feasible ``x`` (all problems of the batch in lockstep).
+
+    Working set W = coordinates held at their bound. Each step solves the equality problem on
+    the free set; if that point leaves the box the step stops at the first bound it meets,
+    which joins W; otherwise the most negative multiplier (if any) leaves W. Finite for
+    positive definite D; capped at 4K + 4 steps.
+    """
+    n, k = x.shape
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    x = torch.maximum(x, lb)
+    work = x <= lb
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for _ in range(4 * k + 4):
+        free = ~work
+        both = free.unsqueeze(-1) & free.unsqueeze(-2)
+        m = torch.where(both, d_mat, eye)
+        rhs = torch.where(free, d - (d_mat * torch.where(work, lb, 0.0).unsqueeze(-2)).sum(-1), lb)
+        sol = torch.linalg.solve_ex(m, rhs)[0]
+        ok_sol = torch.isfinite(sol).all(-1)
+        step = sol - x
+        blocking = free & (sol < lb) & (step < 0)
+        ratio = torch.where(blocking, (lb - x) / step, torch.full_like(x, 2.0))
+        alpha, j = ratio.min(dim=-1)
+        blocked = blocking.any(-1)
+        alpha = torch.where(blocked, alpha.clamp(0.0, 1.0), torch.ones_like(alpha))
+        active = ~done & ok_sol
+        x = torch.where(active.unsqueeze(-1), x + alpha.unsqueeze(-1) * step, x)
+        x = torch.maximum(x, lb)
+        hit = torch.nn.functional.one_hot(j, k).bool() & (active & blocked).unsqueeze(-1)
+        work = work | hit
+        x = torch.where(hit, lb, x)
+        g = (d_mat @ x.unsqueeze(-1)).squeeze(-1) - d
+        mult = torch.where(work, g, torch.zeros_like(g))
+        worst, jw = mult.min(dim=-1)
+        release = active & ~blocked & (worst < -tol)
+        work = work & ~(torch.nn.functional.one_hot(jw, k).bool() & release.unsqueeze(-1))
+        done = done | ~ok_sol | (active & ~blocked & ~release)
+        if bool(done.all()):
+            break
+    return x
+
+
+def solve_box_qp(
+    d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, sweeps: int, exact: bool = False
+) -> torch.Tensor:
+    """Minimise ``1/2 x^T D x - d^T x`` subject to ``x >= lb``, batched: D (B,K,K), d, lb (B,K).
+
+    K = 1, 2: closed forms. K > 2: projected Gauss-Seidel (cyclic coordinate descent with exact
+    1-D minimisation and clipping at the bound), warm-started at ``max(d / diag(D), lb)``, for
+    exactly ``sweeps`` sweeps; with ``exact`` the problems whose KKT violation exceeds the
+    tolerance are then finished by :func:`_active_set`. Each row's result is independent of
+    the other rows. D must be symmetric positive definite.
+    """
+    k = d.shape[-1]
+    if k == 2:
+        return _box_qp_2(d_mat, d, lb)
+    x = _gauss_seidel(d_mat, d, lb, sweeps)
+    if not exact or k == 1 or x.shape[0] == 0:
+        return x
+    tol = KKT_TOL.get(x.dtype, 1e-10)
+    bad = (kkt_violation(d_mat, d, lb, x) > tol).nonzero().squeeze(1)
+    if bad.numel():
+        x[bad] = _active_set(d_mat[bad], d[bad], lb[bad], x[bad], tol)
+    return x

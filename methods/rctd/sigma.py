@@ -1,0 +1,120 @@
+"""Sigma estimation (upstream ``choose_sigma_c`` / ``chooseSigma``; timed, editable surface).
+
+Sample ``n_fit`` pixels with nUMI > ``umi_min_sigma`` (seeded). From sigma = 100 (x100),
+repeat up to ``n_epoch`` times: fit full-mode weights at the current sigma, predict
+``lambda = nUMI * P max(w, 0)`` (floored at 1e-4), score every sigma of the grid within 8
+steps of the current one by ``min over m in {0.8, 0.9, 1, 1.1, 1.2}`` of the NLL of
+``m * lambda`` (at most 1e6 entries), move to the best; stop when sigma stays.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+from methods.rctd.likelihood import _L_MAX, DELTA, LAMBDA_MAX, LAMBDA_MIN, LikelihoodTables
+from methods.rctd.qtable import SIGMA_GRID
+from methods.rctd.solver import solve_irwls
+
+SIGMA_START = 100
+WINDOW = 8
+MULTIPLIERS = (0.8, 0.9, 1.0, 1.1, 1.2)
+MAX_ENTRIES = 1_000_000
+_CHUNK = 2**18  # entries scored at a time
+
+
+class Tables(Protocol):
+    """Likelihood tables by sigma x 100 (a dict or ``qtable.TableStore``)."""
+
+    def __getitem__(self, sigma: int) -> LikelihoodTables: ...
+
+
+def sigma_window(sigma: int) -> list[int]:
+    """Grid values within ``WINDOW`` steps of ``sigma`` (which must be on the grid)."""
+    i = SIGMA_GRID.index(sigma)
+    return list(SIGMA_GRID[max(0, i - WINDOW) : i + WINDOW + 1])
+
+
+def score_sigmas(y: torch.Tensor, lam: torch.Tensor, sigmas: list[int], tables: Tables):
+    """For each sigma: min over ``MULTIPLIERS`` of ``-sum log P(y | m * lam)`` (float64).
+
+    The spline value on interval i of count row k is ``sum_p u^p C[k, i, p]`` with
+    ``u = lam - x_i`` and power-form coefficients C (q, c1, sq / 2, e / 6), so the sum over
+    all entries is ``sum_{k,i,p} A[k, i, p] C[k, i, p]`` where A accumulates ``u^p`` of the
+    entries falling on (k, i): one scatter-add per multiplier, then one GEMV against the
+    coefficients of every sigma at once.
+    """
+    f64 = torch.float64
+    t0 = tables[sigmas[0]]
+    c0 = t0.coefficients()
+    n_rows = c0["q"].shape[0]
+    coef = torch.stack(
+        [
+            torch.stack([c["q"], c["c1"], 0.5 * c["sq"], c["e"] / 6.0], dim=1).reshape(-1)
+            for c in (tables[s].coefficients() for s in sigmas)
+        ],
+        dim=1,
+    ).to(f64)  # (rows * 4, S)
+    row_off = torch.clamp(y, 0, t0.k_val).to(torch.long) * t0.x.shape[0]
+    x0 = c0["x0"].to(f64)
+    lam = lam.to(f64)
+    best = torch.full((len(sigmas),), float("inf"), dtype=f64, device=lam.device)
+    for m in MULTIPLIERS:
+        acc = torch.zeros((n_rows, 4), dtype=f64, device=lam.device)
+        for a in range(0, lam.shape[0], _CHUNK):
+            lm = torch.clamp(lam[a : a + _CHUNK] * m, LAMBDA_MIN, LAMBDA_MAX)
+            ell = torch.sqrt(lm / DELTA).to(torch.long).clamp_(max=_L_MAX)
+            i = c0["lut"].index_select(0, ell)
+            u = lm - x0.index_select(0, i)
+            powers = torch.stack([torch.ones_like(u), u, u * u, u * u * u], dim=1)
+            acc.index_add_(0, row_off[a : a + _CHUNK] + i, powers)
+        best = torch.minimum(best, -(acc.reshape(-1) @ coef))
+    return best
+
+
+def choose_sigma(
+    counts: torch.Tensor,
+    numi: torch.Tensor,
+    profiles: torch.Tensor,
+    tables: Tables,
+    *,
+    umi_min_sigma: int,
+    n_fit: int,
+    n_epoch: int,
+    seed: int,
+    solver_kw: dict,
+) -> int:
+    """The estimated sigma x 100 (module doc). ``counts`` (N, G) and ``numi`` (N,) are the kept
+    pixels on the regression genes; ``profiles`` (G, K) the platform-normalised profiles."""
+    eligible = (numi > umi_min_sigma).nonzero().squeeze(1).cpu().numpy()
+    if eligible.size == 0:
+        raise UserError(
+            f"method.umi_min_sigma={umi_min_sigma}: no pixel has more UMIs, so sigma cannot "
+            "be estimated; lower it or set method.sigma_override"
+        )
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(eligible, min(n_fit, eligible.size), replace=False))
+    sel = torch.as_tensor(pick, device=counts.device)
+    y, nu = counts[sel], numi[sel]
+    entries = None
+    if y.numel() > MAX_ENTRIES:
+        entries = torch.as_tensor(
+            np.sort(rng.choice(y.numel(), MAX_ENTRIES, replace=False)), device=counts.device
+        )
+    y_flat = y.reshape(-1) if entries is None else y.reshape(-1)[entries]
+    sigma = SIGMA_START
+    for _ in range(n_epoch):
+        w, _ = solve_irwls(y, nu, profiles, tables[sigma], **solver_kw)
+        lam = (nu[:, None] * (w.clamp(min=0.0) @ profiles.T)).clamp(min=1e-4).reshape(-1)
+        if entries is not None:
+            lam = lam[entries]
+        window = sigma_window(sigma)
+        scores = score_sigmas(y_flat, lam, window, tables)
+        new = window[int(torch.argmin(scores))]
+        if new == sigma:
+            break
+        sigma = new
+    return sigma
