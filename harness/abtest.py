@@ -125,6 +125,12 @@ class Interleaved:
     b: list[float] = field(default_factory=list)
     a_hashes: list[str] = field(default_factory=list)
     b_hashes: list[str] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # rounds measured by each worker pair
+
+
+def split_rounds(rounds: int, pairs: int) -> list[int]:
+    """``rounds`` spread as evenly as possible over ``pairs`` worker pairs."""
+    return [rounds // pairs + (i < rounds % pairs) for i in range(pairs)]
 
 
 def interleave(a: Worker, b: Worker, rounds: int, done: Interleaved | None = None) -> Interleaved:
@@ -136,6 +142,7 @@ def interleave(a: Worker, b: Worker, rounds: int, done: Interleaved | None = Non
             reply = worker.request("run")
             times.append(float(reply["elapsed"]))
             hashes.append(str(reply["hash"]))
+    res.groups.append(rounds)
     return res
 
 
@@ -150,18 +157,35 @@ class Decision:
     reason: str
 
 
-def decide(a: list[float], b: list[float], min_gain: float, k_iqr: float) -> Decision:
+def decide(
+    a: list[float],
+    b: list[float],
+    min_gain: float,
+    k_iqr: float,
+    groups: list[int] | None = None,
+) -> Decision:
     """Keep B only if its median beats A's by more than ``min_gain`` (relative) AND by more
-    than ``k_iqr`` × the pooled IQR of the two samples (the measured run-to-run noise)."""
+    than ``k_iqr`` × the pooled IQR of the two samples (the measured run-to-run noise) AND,
+    when the runs come from several worker pairs (``groups``: runs per pair, in order), if
+    every pair on its own shows B faster by more than ``min_gain``."""
     med_a, med_b = float(np.median(a)), float(np.median(b))
     pooled = math.sqrt((iqr(a) ** 2 + iqr(b) ** 2) / 2)
     needed_abs = max(min_gain * med_a, k_iqr * pooled)
     gain = (med_a - med_b) / med_a
     keep = med_a - med_b > needed_abs
     needed = needed_abs / med_a
+    pair_note = ""
+    if groups and len(groups) > 1:
+        bounds = np.cumsum([0, *groups])
+        gains = [
+            1 - float(np.median(b[lo:hi])) / float(np.median(a[lo:hi]))
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        keep = keep and min(gains) > min_gain
+        pair_note = ", per pair " + " ".join(f"{g:+.1%}" for g in gains)
     word = "faster" if keep else "not faster"
     reason = (
         f"{word}: {med_a / med_b:.3f}x, gain {gain:+.2%} vs needed {needed:.2%} "
-        f"(min_gain {min_gain:.0%}, {k_iqr:g} x pooled IQR {pooled / med_a:.2%})"
+        f"(min_gain {min_gain:.0%}, {k_iqr:g} x pooled IQR {pooled / med_a:.2%}{pair_note})"
     )
     return Decision(keep, med_a, med_b, med_a / med_b, gain, needed, reason)

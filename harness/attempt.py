@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import gitops
-from harness.abtest import Interleaved, Worker, WorkerFailed, decide, interleave
+from harness.abtest import Interleaved, Worker, WorkerFailed, decide, interleave, split_rounds
 from harness.loopstate import LoopState
 
 
@@ -51,8 +51,9 @@ class Attempt:
             "tracking.mlflow=false",
         ]
 
-    def _worker(self, checkout: Path, role: str) -> Worker:
-        log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}.log"
+    def _worker(self, checkout: Path, role: str, pair: int = 0) -> Worker:
+        suffix = f"-{pair + 1}" if pair else ""
+        log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}{suffix}.log"
         extra = self.candidate_extra if role == "candidate" else []
         return Worker(checkout, self._worker_overrides(extra), log, self.top.bench.timeout_s)
 
@@ -105,6 +106,7 @@ class Attempt:
         inter = Interleaved()
         try:
             candidate = self._worker(self.root, "candidate")
+            warmup_s = candidate.ready["warmup_s"]
             first = candidate.request("run")
             judged = candidate.request("judge")
             verdict, digest = judged["verdict"], first["hash"]
@@ -128,7 +130,17 @@ class Attempt:
             worktree = self.results / "worktrees" / f"{self.state.tag}-kept"
             gitops.worktree_at(self.repo, worktree, self.state.kept)
             kept = self._worker(worktree, "kept")
-            interleave(kept, candidate, self.top.loop.rounds, inter)
+            loop = self.top.loop
+            for pair, rounds in enumerate(split_rounds(loop.rounds, loop.pairs)):
+                if pair:  # a fresh pair of processes; who starts first alternates
+                    for w in (candidate, kept):
+                        w.close()
+                    candidate = kept = None
+                    if pair % 2:
+                        kept = self._worker(worktree, "kept", pair)
+                    candidate = self._worker(self.root, "candidate", pair)
+                    kept = kept or self._worker(worktree, "kept", pair)
+                interleave(kept, candidate, rounds, inter)
         except WorkerFailed as exc:
             self.reason = f"{exc.status}: {exc}; log in {self.dir.name}/"
             status = "timeout" if exc.status == "timeout" else "crash"
@@ -139,7 +151,7 @@ class Attempt:
             for w in (candidate, kept):
                 if w is not None:
                     w.close()
-        d = decide(inter.a, inter.b, self.top.loop.min_gain, self.top.loop.k_iqr)
+        d = decide(inter.a, inter.b, self.top.loop.min_gain, self.top.loop.k_iqr, inter.groups)
         self.reason, self.speedup = d.reason, d.speedup
         metrics.update(
             speedup=d.speedup, gain=d.gain, needed_gain=d.needed, kept_median_s=d.median_a
@@ -151,7 +163,7 @@ class Attempt:
             digest,
             inter,
             metrics,
-            candidate.ready["warmup_s"],
+            warmup_s,
             judged["peak_mem_mb"],
         )
         if not d.keep:

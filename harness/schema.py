@@ -114,6 +114,11 @@ class LoopConfig:
     min_gain: float = field(default=0.01, metadata=rng(ge=0, lt=1))
     k_iqr: float = field(default=1.5, metadata=rng(ge=0))
     rounds: int = field(default=9, metadata=rng(ge=3))
+    # the rounds are spread over this many fresh pairs of worker processes (start order
+    # alternating): two processes of the same code can differ by several per cent for their
+    # whole life (memory layout), a bias no number of rounds in one pair averages out.
+    # With pairs > 1 every pair must also show the candidate faster by more than min_gain.
+    pairs: int = field(default=3, metadata=rng(ge=1))
 
 
 @dataclass

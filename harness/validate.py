@@ -55,6 +55,10 @@ def top_level(cfg: DictConfig) -> Config:
         raise UserError("config: the root config must start from 'base_config' in its defaults")
     check_ranges(obj)
     check_accept(obj.correctness.accept)
+    if obj.loop.pairs > obj.loop.rounds:
+        raise UserError(
+            f"loop.pairs={obj.loop.pairs}: more worker pairs than loop.rounds={obj.loop.rounds}"
+        )
     return obj
 
 

@@ -19,6 +19,7 @@ TOY = [
     "bench.repeats=2",
     "tracking.mlflow=false",
     "loop.rounds=5",
+    "loop.pairs=1",  # one worker pair per try (tests that need more say so)
 ]
 
 

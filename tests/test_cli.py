@@ -58,13 +58,6 @@ def test_each_mode_has_its_own_baseline(harness_cli, tmp_path):
     assert len(list((tmp_path / "results" / "baselines").glob("rctd-*/*.npz"))) == 2
 
 
-def test_unknown_baseline_key_is_a_one_line_error(harness_cli, tmp_path):
-    proc = harness_cli("hardware=cpu", *SMALL, "method.baseline_keys=[modes]")
-    assert proc.returncode == 2
-    assert "method.baseline_keys" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "results" / "results.tsv").exists()
-
-
 def test_crash_writes_a_crash_row(harness_cli, tmp_path):
     # a dataset target that raises a non-user error is a crash: row with hash CRASH
     proc = harness_cli(

@@ -16,6 +16,8 @@ CASES = [
     (["method=nosuchmethod"], "nosuchmethod"),
     (["hardware=nosuchhw"], "nosuchhw"),
     (["correctness.accept=[exact,maybe]"], "correctness.accept"),
+    (["loop.pairs=12"], "loop.pairs"),  # more worker pairs than loop.rounds
+    (["method.baseline_keys=[modes]"], "method.baseline_keys"),  # not a key of the method
 ]
 
 

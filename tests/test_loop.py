@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from harness.abtest import decide, split_rounds
 from harness.results_tsv import read_rows
 from tests.loop_repo import TOY, LoopRepo
 
@@ -100,8 +101,11 @@ def test_planted_hang_times_out_and_reverts(repo):
 def test_real_speedup_is_kept_then_status(repo):
     repo.set_knob("SLEEP_S", "0.03", "faster")
     head = repo.head()
-    row = _try(repo, "sleep less")
+    row = _try(repo, "sleep less", "loop.pairs=2")  # rounds spread over two worker pairs
     assert (row["status"], row["verdict"]) == ("keep", "exact")
+    assert "per pair" in row["description"]
+    logs = [p.name for p in (repo.root / "results" / "attempts" / "t").glob("*.log")]
+    assert any(name.endswith("-kept-2.log") for name in logs)
     assert repo.head() == head and _state(repo)["kept"] == head
     status = repo.loop("status")
     assert status.returncode == 0 and "1 kept" in status.stdout
@@ -115,3 +119,14 @@ def test_dirty_tree_refused_untouched(repo):
     assert proc.returncode == 2 and "uncommitted" in proc.stderr
     assert path.read_text().endswith("# wip\n") and repo.head() == head
     repo.git("checkout", "--", "methods/toy/knobs.py")
+
+
+def test_split_rounds_and_per_pair_agreement():
+    assert split_rounds(9, 3) == [3, 3, 3] and split_rounds(5, 3) == [2, 2, 1]
+    a = [1.0] * 6
+    fast_everywhere = [0.9] * 6
+    assert decide(a, fast_everywhere, 0.01, 1.5, [3, 3]).keep
+    # one worker pair fast, the other not: a per-process effect, not a reliable speedup
+    one_pair_only = [0.8, 0.8, 0.8, 1.0, 1.0, 1.0]
+    assert decide(a, one_pair_only, 0.01, 0.0).keep  # pooled over pairs it would pass...
+    assert not decide(a, one_pair_only, 0.01, 0.0, [3, 3]).keep  # ...pair by pair it does not
