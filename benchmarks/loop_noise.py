@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.abtest import Interleaved, Worker, decide, interleave, split_rounds
+from harness.abtest import Interleaved, Worker, decide, interleave, pair_slices, split_rounds
 from harness.compose import compose_checked
 
 
@@ -63,11 +63,7 @@ def main() -> int:
     )
     every = [t for d in decisions for t in d.a + d.b]
     print(f"median run {float(np.median(every)):.4f} s")
-    bias = [
-        _ratio(d.a[lo:hi], d.b[lo:hi])
-        for d in decisions
-        for lo, hi in zip(np.cumsum([0, *d.groups])[:-1], np.cumsum(d.groups), strict=True)
-    ]
+    bias = [_ratio(d.a[s], d.b[s]) for d in decisions for s in pair_slices(d.groups)]
     print(f"per worker pair median A/B ratio: sd {np.std(bias):.2%} over {len(bias)} pairs")
     for s in (0.0, 0.02, 0.03, 0.05, 0.10):
         label = "A/A false-keep rate" if s == 0 else f"planted {s:.0%} speedup kept"

@@ -133,6 +133,12 @@ def split_rounds(rounds: int, pairs: int) -> list[int]:
     return [rounds // pairs + (i < rounds % pairs) for i in range(pairs)]
 
 
+def pair_slices(groups: list[int]) -> list[slice]:
+    """The runs of each worker pair, in order, from the runs-per-pair counts."""
+    ends = np.cumsum(groups).tolist()
+    return [slice(end - n, end) for n, end in zip(groups, ends, strict=True)]
+
+
 def interleave(a: Worker, b: Worker, rounds: int, done: Interleaved | None = None) -> Interleaved:
     """``rounds`` timed runs of each, alternating A B / B A to cancel drift."""
     res = done or Interleaved()
@@ -176,11 +182,7 @@ def decide(
     needed = needed_abs / med_a
     pair_note = ""
     if groups and len(groups) > 1:
-        bounds = np.cumsum([0, *groups])
-        gains = [
-            1 - float(np.median(b[lo:hi])) / float(np.median(a[lo:hi]))
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
+        gains = [1 - float(np.median(b[s]) / np.median(a[s])) for s in pair_slices(groups)]
         keep = keep and min(gains) > min_gain
         pair_note = ", per pair " + " ".join(f"{g:+.1%}" for g in gains)
     word = "faster" if keep else "not faster"

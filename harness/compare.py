@@ -1,7 +1,9 @@
 """``python -m harness.compare REV_A REV_B [overrides]``: A/B timing of two commits.
 
-Both commits are checked out as git worktrees and benchmarked by two long-lived workers whose
-runs alternate (A B B A ...) on this machine, so drift and noise hit both alike. Prints each
+Both commits are checked out as git worktrees and benchmarked by long-lived workers whose runs
+alternate (A B B A ...) on this machine, so drift and noise hit both alike; the rounds are spread
+over ``compare.pairs`` fresh worker pairs (start order alternating), because one process can be
+several per cent slower than another running the same code for its whole life. Prints each
 side's median and IQR, the paired ratio B/A with its spread, and whether the outputs are
 identical. Exits 1 when B is slower than A by more than ``compare.threshold`` (a CI gate).
 """
@@ -18,7 +20,14 @@ from harness.errors import UserError
 
 def main(argv: list[str] | None = None) -> int:
     from harness import gitops
-    from harness.abtest import Worker, WorkerFailed, interleave
+    from harness.abtest import (
+        Interleaved,
+        Worker,
+        WorkerFailed,
+        interleave,
+        pair_slices,
+        split_rounds,
+    )
     from harness.compose import compose_checked
     from harness.protocol import iqr
 
@@ -40,23 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         cache = (Path.cwd() / valid.top.paths.cache).resolve()
         common = [*overrides, f"paths.results={results}", f"paths.cache={cache}"]
         common += ["bench.baseline=off", "tracking.mlflow=false"]
-        workers = []
-        try:
-            for side, sha in zip("ab", shas, strict=True):
-                tree = gitops.worktree_at(repo, results / "worktrees" / f"compare-{side}", sha)
-                log = results / "compare" / f"{side}-{sha[:8]}.log"
-                print(
-                    f"{side.upper()} = {revs['ab'.index(side)]} ({sha[:12]}): starting", flush=True
-                )
-                workers.append(Worker(tree, common, log, valid.top.bench.timeout_s))
-            res = interleave(workers[0], workers[1], valid.top.compare.rounds)
-        except WorkerFailed as exc:
-            raise UserError(
-                f"compare: a worker failed ({exc.status}: {exc}); see {results / 'compare'}"
-            ) from None
-        finally:
-            for w in workers:
-                w.close()
+        trees = [
+            gitops.worktree_at(repo, results / "worktrees" / f"compare-{side}", sha)
+            for side, sha in zip("ab", shas, strict=True)
+        ]
+        for side, sha in zip("AB", shas, strict=True):
+            print(f"{side} = {revs['AB'.index(side)]} ({sha[:12]})", flush=True)
+        res = Interleaved()
+        cmp = valid.top.compare
+        for pair, rounds in enumerate(split_rounds(cmp.rounds, cmp.pairs)):
+            print(f"worker pair {pair + 1}/{cmp.pairs}: {rounds} rounds", flush=True)
+            order = [0, 1] if pair % 2 == 0 else [1, 0]  # who starts first alternates
+            workers: dict[int, Worker] = {}
+            try:
+                for i in order:
+                    log = results / "compare" / f"{'ab'[i]}-{shas[i][:8]}-{pair + 1}.log"
+                    workers[i] = Worker(trees[i], common, log, valid.top.bench.timeout_s)
+                interleave(workers[0], workers[1], rounds, res)
+            except WorkerFailed as exc:
+                raise UserError(
+                    f"compare: a worker failed ({exc.status}: {exc}); see {results / 'compare'}"
+                ) from None
+            finally:
+                for w in workers.values():
+                    w.close()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A {revs[0]:>14}: median {np.median(a):.4f} s  IQR {iqr(res.a):.4f}  n {len(a)}")
     print(f"B {revs[1]:>14}: median {np.median(b):.4f} s  IQR {iqr(res.b):.4f}  n {len(b)}")
     print(f"ratio B/A: {med:.3f}  (paired IQR {lo:.3f} - {hi:.3f}); speedup A/B {1 / med:.3f}x")
+    if len(res.groups) > 1:
+        per_pair = [float(np.median(ratios[s])) for s in pair_slices(res.groups)]
+        print("ratio B/A per worker pair: " + "  ".join(f"{r:.3f}" for r in per_pair))
     print(f"outputs: {'identical hash ' + res.a_hashes[0] if same else 'DIFFER'}")
     threshold = valid.top.compare.threshold
     if med > 1 + threshold:

@@ -137,6 +137,7 @@ class CompareConfig:
     """``python -m harness.compare A B``: interleaved A/B timing of two commits."""
 
     rounds: int = field(default=9, metadata=rng(ge=2))
+    pairs: int = field(default=3, metadata=rng(ge=1))  # fresh worker pairs (see LoopConfig)
     # exit 1 when B is slower than A by more than this fraction
     threshold: float = field(default=0.05, metadata=rng(ge=0))
 

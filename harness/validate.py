@@ -55,10 +55,12 @@ def top_level(cfg: DictConfig) -> Config:
         raise UserError("config: the root config must start from 'base_config' in its defaults")
     check_ranges(obj)
     check_accept(obj.correctness.accept)
-    if obj.loop.pairs > obj.loop.rounds:
-        raise UserError(
-            f"loop.pairs={obj.loop.pairs}: more worker pairs than loop.rounds={obj.loop.rounds}"
-        )
+    for name, section_cfg in (("loop", obj.loop), ("compare", obj.compare)):
+        if section_cfg.pairs > section_cfg.rounds:
+            raise UserError(
+                f"{name}.pairs={section_cfg.pairs}: more worker pairs than "
+                f"{name}.rounds={section_cfg.rounds}"
+            )
     return obj
 
 

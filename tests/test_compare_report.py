@@ -19,22 +19,23 @@ def repo(tmp_path_factory) -> LoopRepo:
     return r
 
 
-def _compare(repo: LoopRepo, a: str, b: str) -> subprocess.CompletedProcess:
+def _compare(repo: LoopRepo, a: str, b: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(repo.root)}
-    cmd = [sys.executable, "-m", "harness.compare", a, b, *TOY[:3], "compare.rounds=3"]
+    cmd = [sys.executable, "-m", "harness.compare", a, b, *TOY[:3], "compare.rounds=3", *extra]
     return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_compare_flags_a_regression_only_one_way(repo):
-    faster = _compare(repo, "HEAD~1", "HEAD")
+    faster = _compare(repo, "HEAD~1", "HEAD", "compare.rounds=4", "compare.pairs=2")
     assert faster.returncode == 0, faster.stderr
     assert "ratio B/A: 0.6" in faster.stdout and "identical hash" in faster.stdout
-    slower = _compare(repo, "HEAD", "HEAD~1")
+    assert "ratio B/A per worker pair: 0.6" in faster.stdout
+    slower = _compare(repo, "HEAD", "HEAD~1", "compare.pairs=1")
     assert slower.returncode == 1 and "REGRESSION" in slower.stdout
 
 
 def test_compare_unknown_revision(repo):
-    proc = _compare(repo, "HEAD", "no-such-rev")
+    proc = _compare(repo, "HEAD", "no-such-rev", "compare.pairs=1")
     assert proc.returncode == 2 and "no-such-rev" in proc.stderr
 
 

@@ -17,6 +17,7 @@ CASES = [
     (["hardware=nosuchhw"], "nosuchhw"),
     (["correctness.accept=[exact,maybe]"], "correctness.accept"),
     (["loop.pairs=12"], "loop.pairs"),  # more worker pairs than loop.rounds
+    (["compare.pairs=12"], "compare.pairs"),
     (["method.baseline_keys=[modes]"], "method.baseline_keys"),  # not a key of the method
 ]
 
