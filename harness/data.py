@@ -25,6 +25,23 @@ PBMC68K_FILE = os.path.join("datasets", "10x_pbmc68k_reduced.h5ad")
 _CHUNK = 1 << 22  # elements checked at a time (bounds the temporary memory of counts checks)
 
 
+def resolve_user_path(path: str) -> str:
+    """A user's file path: ``~`` expanded; relative paths are taken from the directory the
+    harness was launched in (Hydra may have changed the working directory)."""
+    path = os.path.expanduser(str(path))
+    if os.path.isabs(path):
+        return path
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_original_cwd
+
+        if HydraConfig.initialized():
+            return os.path.join(get_original_cwd(), path)
+    except ImportError:
+        pass
+    return os.path.abspath(path)
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 

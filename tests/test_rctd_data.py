@@ -335,3 +335,13 @@ def test_error_missing_layer(tmp_path: Path) -> None:
         "dataset.spatial (layer 'counts')",
         "no such layer",
     )
+
+
+def test_user_paths_are_taken_from_the_launch_directory(tmp_path, monkeypatch):
+    from harness.data import resolve_user_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_user_path("data/s.h5ad") == str(tmp_path / "data" / "s.h5ad")
+    assert resolve_user_path("~/s.h5ad") == str(tmp_path / "home" / "s.h5ad")
+    assert resolve_user_path("/abs/s.h5ad") == "/abs/s.h5ad"

@@ -15,7 +15,6 @@ held-out cells from scanpy's shipped PBMC subset) and :func:`user_h5ad` (the use
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from omegaconf import MISSING
 
-from harness.data import counts_matrix, pbmc68k_counts, read_h5ad
+from harness.data import counts_matrix, pbmc68k_counts, read_h5ad, resolve_user_path
 from harness.errors import UserError
 from harness.schema import DatasetConfig, rng
 
@@ -313,22 +312,6 @@ class H5adConfig(DatasetConfig):
     layer: str | None = None
 
 
-def _resolve(path: str) -> str:
-    """Relative paths are taken from the directory the harness was launched in."""
-    path = os.path.expanduser(str(path))
-    if os.path.isabs(path):
-        return path
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import get_original_cwd
-
-        if HydraConfig.initialized():
-            return os.path.join(get_original_cwd(), path)
-    except ImportError:
-        pass
-    return os.path.abspath(path)
-
-
 def user_h5ad(cfg: H5adConfig) -> dict[str, AnnData]:
     """Load the user's spatial and reference files, checked, with counts in X and obs["cell_type"]."""
     out: dict[str, AnnData] = {}
@@ -337,7 +320,7 @@ def user_h5ad(cfg: H5adConfig) -> dict[str, AnnData]:
         value = getattr(cfg, role)
         if value is None or value == MISSING or not str(value).strip():
             raise UserError(f"dataset.{role}: required (path to the {role} h5ad file)")
-        path = _resolve(value)
+        path = resolve_user_path(value)
         adata = read_h5ad(path, f"dataset.{role}")
         if cfg.layer is not None and cfg.layer not in adata.layers:
             have = list(adata.layers.keys())

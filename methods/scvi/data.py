@@ -9,7 +9,6 @@ Contract: X holds raw counts (cells × genes; CSR, dense, or backed on disk for 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 from omegaconf import MISSING
 
-from harness.data import counts_matrix, pbmc68k_counts, read_h5ad
+from harness.data import counts_matrix, pbmc68k_counts, read_h5ad, resolve_user_path
 from harness.errors import UserError
 from harness.schema import DatasetConfig, rng
 
@@ -164,7 +163,7 @@ def user_h5ad(cfg: H5adConfig) -> dict[str, AnnData]:
 
     if cfg.path is None or cfg.path == MISSING or not str(cfg.path).strip():
         raise UserError("dataset.path: required (path to an h5ad file of raw counts)")
-    path = _resolve(cfg.path)
+    path = resolve_user_path(cfg.path)
     if cfg.backed:
         try:
             adata = anndata.read_h5ad(path, backed="r")
@@ -187,22 +186,6 @@ def user_h5ad(cfg: H5adConfig) -> dict[str, AnnData]:
             raise UserError(f"dataset.label_key={cfg.label_key!r}: not an obs column of {path}")
         adata.obs["cell_type"] = adata.obs[cfg.label_key].astype("category")
     return {ROLE: adata}
-
-
-def _resolve(path: str) -> str:
-    """Relative paths are taken from the directory the harness was launched in."""
-    path = os.path.expanduser(str(path))
-    if os.path.isabs(path):
-        return path
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import get_original_cwd
-
-        if HydraConfig.initialized():
-            return os.path.join(get_original_cwd(), path)
-    except ImportError:
-        pass
-    return os.path.abspath(path)
 
 
 # ---- filters (census recipe) -------------------------------------------------------------------
