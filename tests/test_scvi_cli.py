@@ -36,8 +36,15 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _harness(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m harness <args>`` in ``cwd``, output captured."""
+    cmd = [sys.executable, "-m", "harness", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "harness", *ARGS, "tracking.mlflow=false"]
+    args = [*ARGS, "tracking.mlflow=false"]
+    cmd = [sys.executable, "-m", "harness", *args]
     ck = tmp_path / "ck" / "scvi.pt"
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -51,9 +58,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path: Path) -> Non
     assert ck.exists()  # killed mid-training: a completed run removes its checkpoint
     assert not (tmp_path / "results" / "results.tsv").exists()
 
-    done = subprocess.run(
-        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    done = _harness(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     assert re.search(r"resuming from .*scvi\.pt \(epoch [1-9]\d*, step \d+\)", done.stderr)
     hashes = re.findall(r"(warmup|run) 1/1: .* hash ([0-9a-f]{16})", done.stdout)
@@ -69,14 +74,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path: Path) -> Non
 def test_per_epoch_metrics_in_mlflow(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     args = [a for a in ARGS if not a.startswith("method.checkpoint")]
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _harness(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     row = read_rows(tmp_path / "results" / "results.tsv")[-1]
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
@@ -93,14 +91,7 @@ def test_bad_keys_fail_fast(tmp_path: Path) -> None:
         (["method.gene_likelihood=poisson"], "method.gene_likelihood"),
         (["dataset=scvi_h5ad"], "dataset.path"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness", "method=scvi", "hardware=cpu", *extra],
-            cwd=tmp_path,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = _harness(tmp_path, "method=scvi", "hardware=cpu", *extra, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and key in lines[0]
