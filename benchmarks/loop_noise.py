@@ -23,8 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.abtest import Interleaved, Worker, decide, interleave, pair_slices, split_rounds
-from harness.compose import compose_checked
+from harness.config.compose import compose_checked
+from harness.optimize.workers import (
+    Interleaved,
+    Worker,
+    decide,
+    interleave,
+    pair_slices,
+    split_rounds,
+)
 
 
 def main() -> int:

@@ -63,7 +63,7 @@ def run_ours(a: argparse.Namespace) -> None:
     import anndata
     import torch
 
-    from harness.runtime import Runtime
+    from harness.api import RunContext, Runtime
     from methods.rctd.config import RCTDConfig
     from methods.rctd.method import RCTD
 
@@ -86,7 +86,7 @@ def run_ours(a: argparse.Namespace) -> None:
     times = []
     for i in range(a.warmup + a.repeats):
         t0 = time.perf_counter()
-        out = method.run(state)
+        out = method.run(state, RunContext())
         rt.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)

@@ -14,7 +14,7 @@ FIXTURE = Path(__file__).resolve().parent / "loop_fixture"
 # fast, quiet settings for every loop command
 TOY = [
     "method=toy",
-    "dataset=toy",
+    "dataset=cells/toy",
     "hardware=cpu",
     "bench.repeats=2",
     "tracking.mlflow=false",

@@ -42,7 +42,7 @@ def test_compare_unknown_revision(repo):
 def test_report_table_and_plots(tmp_path, capsys):
     results = tmp_path / "results"
     results.mkdir()
-    from harness.results_tsv import append_row
+    from harness.sinks.results_tsv import append_row
 
     statuses = ["baseline", "discard", "keep", "crash", "keep", "discard"]
     for i, status in enumerate(statuses):

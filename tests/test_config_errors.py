@@ -18,7 +18,10 @@ CASES = [
     (["correctness.accept=[exact,maybe]"], "correctness.accept"),
     (["loop.pairs=12"], "loop.pairs"),  # more worker pairs than loop.rounds
     (["compare.pairs=12"], "compare.pairs"),
-    (["method.baseline_keys=[modes]"], "method.baseline_keys"),  # not a key of the method
+    (["method=scvi", "dataset=spatial/synthetic"], "dataset=spatial/synthetic"),  # roles
+    (["method=rctd", "dataset=cells/pbmc68k"], "method=rctd"),
+    (["method.autocast=bf16"], "method.autocast"),  # RCTD supports no autocast
+    (["hardware.autocast=fp16"], "autocast"),
 ]
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.abtest import decide, split_rounds
-from harness.results_tsv import read_rows
+from harness.optimize.workers import decide, split_rounds
+from harness.sinks.results_tsv import read_rows
 from tests.loop_repo import TOY, LoopRepo
 
 
@@ -83,7 +83,7 @@ def test_planted_crash_is_recorded_and_reverted(repo):
     kept = _state(repo)["kept"]
     repo.set_knob("CRASH", "True", "crash")
     row = _try(repo, "crash")
-    assert (row["status"], row["weights_hash"]) == ("crash", "CRASH")
+    assert (row["status"], row["output_hash"]) == ("crash", "CRASH")
     assert repo.head() == kept
     assert list((repo.root / "results" / "attempts" / "t").glob("*-crash.patch"))
     logs = list((repo.root / "results" / "attempts" / "t").glob("*-candidate.log"))
@@ -94,7 +94,7 @@ def test_planted_hang_times_out_and_reverts(repo):
     kept = _state(repo)["kept"]
     repo.set_knob("HANG", "True", "hang")
     row = _try(repo, "hang", "bench.timeout_s=15")
-    assert (row["status"], row["weights_hash"]) == ("timeout", "TIMEOUT")
+    assert (row["status"], row["output_hash"]) == ("timeout", "TIMEOUT")
     assert repo.head() == kept
 
 

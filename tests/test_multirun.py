@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.results_tsv import read_rows
+from harness.sinks.results_tsv import read_rows
 from tests.conftest import REPO, SMALL
 
 SWEEPS = REPO / "conf" / "sweep"
@@ -96,14 +96,16 @@ def test_single_run_joins_a_sweep_through_the_environment(harness_cli, tmp_path,
 
 
 def test_sqlite_writer_lock_serialises_and_times_out(tmp_path):
-    from harness.runner import _sqlite_writer_lock
+    from harness.core.fsio import locked
+    from harness.sinks.record import sqlite_lock_path
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    lock = sqlite_lock_path(uri)
     events: list[str] = []
     held = threading.Event()
 
     def holder() -> None:
-        with _sqlite_writer_lock(uri):
+        with locked(lock):
             held.set()
             time.sleep(0.5)
             events.append("first done")
@@ -111,14 +113,13 @@ def test_sqlite_writer_lock_serialises_and_times_out(tmp_path):
     thread = threading.Thread(target=holder)
     thread.start()
     held.wait(5)
-    with pytest.raises(TimeoutError, match="mlflow.db.lock"), _sqlite_writer_lock(uri, 0.1):
+    with pytest.raises(TimeoutError, match="mlflow.db.lock"), locked(lock, 0.1):
         pass
-    with _sqlite_writer_lock(uri):
+    with locked(lock):
         events.append("second")
     thread.join()
     assert events == ["first done", "second"]
-    with _sqlite_writer_lock("http://tracking.example:5000"):  # servers need no lock
-        pass
+    assert sqlite_lock_path("http://tracking.example:5000") is None  # servers need no lock
 
 
 def _preset_jobs(name: str) -> list[list[str]]:
@@ -130,7 +131,7 @@ def _preset_jobs(name: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in SWEEPS.glob("*.yaml")))
 def test_every_job_of_every_sweep_preset_is_a_valid_config(name):
-    from harness.compose import compose_checked
+    from harness.config.compose import compose_checked
 
     jobs = _preset_jobs(name)
     assert len(jobs) >= 2

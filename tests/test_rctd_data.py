@@ -12,9 +12,9 @@ import pytest
 import scipy.sparse as sp
 from omegaconf import OmegaConf
 
-from harness.data import counts_matrix, pbmc68k_counts, pbmc68k_path, read_h5ad
-from harness.errors import UserError
-from harness.schema import check_ranges
+from harness.config.schema import check_ranges
+from harness.core.errors import UserError
+from harness.data.counts import counts_matrix, pbmc68k_counts, pbmc68k_path, read_h5ad
 from methods.rctd.data import (
     H5adConfig,
     PBMCConfig,
@@ -94,13 +94,13 @@ def test_synthetic_deterministic_and_shaped() -> None:
 
 
 def test_synthetic_dirichlet_mix_and_yaml() -> None:
-    data = _load("rctd_synthetic", mix="dirichlet", **SMALL)
+    data = _load("spatial/synthetic", mix="dirichlet", **SMALL)
     w = data["spatial"].obsm["true_weights"]
     assert (w > 0).all()
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
-    _raises(lambda: _load("rctd_synthetic", ref_cells_per_type=10), "dataset.ref_cells_per_type")
-    _raises(lambda: _load("rctd_synthetic", umi_max=100), "dataset.umi_max")
-    _raises(lambda: _load("rctd_synthetic", n_types=2), "dataset.max_types_per_pixel")
+    _raises(lambda: _load("spatial/synthetic", ref_cells_per_type=10), "dataset.ref_cells_per_type")
+    _raises(lambda: _load("spatial/synthetic", umi_max=100), "dataset.umi_max")
+    _raises(lambda: _load("spatial/synthetic", n_types=2), "dataset.max_types_per_pixel")
 
 
 def test_synthetic_platform_factor_applied() -> None:
@@ -183,7 +183,7 @@ def test_pbmc68k_counts_integral() -> None:
 
 
 def test_pbmc68k_mixtures() -> None:
-    data = _load("pbmc68k", n_pixels=200)
+    data = _load("spatial/pbmc68k", n_pixels=200)
     spatial, ref = data["spatial"], data["reference"]
     w = spatial.obsm["true_weights"]
     names = spatial.uns["cell_type_names"]
@@ -216,7 +216,11 @@ def test_user_h5ad_roundtrip(tmp_path: Path) -> None:
     spatial.write_h5ad(sp_path)
 
     data = _load(
-        "h5ad", spatial=sp_path, reference=ref_path, cell_type_key="celltype", layer="counts"
+        "spatial/h5ad",
+        spatial=sp_path,
+        reference=ref_path,
+        cell_type_key="celltype",
+        layer="counts",
     )
     assert isinstance(data["reference"].obs["cell_type"].dtype, pd.CategoricalDtype)
     np.testing.assert_array_equal(data["spatial"].X, spatial.layers["counts"])
@@ -231,7 +235,7 @@ def test_error_missing_file(tmp_path: Path) -> None:
     _, ref_path = _write_pair(tmp_path)
     missing = str(tmp_path / "nope.h5ad")
     _raises(
-        lambda: _load("h5ad", spatial=missing, reference=ref_path),
+        lambda: _load("spatial/h5ad", spatial=missing, reference=ref_path),
         "dataset.spatial",
         missing,
         "not found",
@@ -338,7 +342,7 @@ def test_error_missing_layer(tmp_path: Path) -> None:
 
 
 def test_user_paths_are_taken_from_the_launch_directory(tmp_path, monkeypatch):
-    from harness.data import resolve_user_path
+    from harness.data.counts import resolve_user_path
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

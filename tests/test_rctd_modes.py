@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.runtime import Runtime
+from harness.bench.contract import RunContext, RunResult
+from harness.bench.runtime import Runtime
 from methods.rctd.config import HASHED_OUTPUTS, RCTDConfig
 from methods.rctd.data import SyntheticConfig, synthetic
 from methods.rctd.doublet import CERTAIN, REJECT, SINGLET, SPOT_CLASSES, UNCERTAIN, classify
@@ -28,7 +29,7 @@ def _run(cache: Path, mode: str, sigma: int | None, cfg_kw: dict | None = None, 
     rt = Runtime(torch.device("cpu"), torch.float64, False, False, 1, cache)
     method = RCTD(cfg, rt)
     method.check_inputs(data)
-    out = {k: v.numpy() for k, v in method.run(method.prepare(data)).items()}
+    out = {k: v.numpy() for k, v in method.run(method.prepare(data), RunContext()).items()}
     return method, data, out
 
 
@@ -96,7 +97,7 @@ def test_platform_effect_recovered(sd):
 def test_pipeline_with_platform_effect(table_cache):
     kw = dict(n_pixels=300, n_genes=300, n_types=4, platform_sd=0.5, noise_sigma=0.3)
     method, data, out = _run(table_cache, "full", 30, **kw)
-    q = method.quality(out, data)
+    q = method.quality(RunResult(out), data)
     assert q["truth_dominant_accuracy"] >= 0.95 and q["converged_fraction"] > 0.99
 
 
@@ -155,7 +156,7 @@ def test_doublet_mode_finds_singlets_and_doublets(doublet_run):
     true = np.sort(np.argsort(-truth, 1)[:, :2], 1)[doublet]
     assert np.mean(np.all(found == true, 1)) >= 0.95
     np.testing.assert_allclose(out["weights_doublet"].sum(1), 1.0, atol=1e-12)
-    q = method.quality(out, data)
+    q = method.quality(RunResult(out), data)
     assert q["truth_singlet_called_singlet"] >= 0.97
     assert set(HASHED_OUTPUTS["doublet"]) <= set(out)
 
@@ -191,7 +192,7 @@ def test_output_h5ad_roundtrip(tmp_path, doublet_run, multi_run, which):
         method.type_names = doublet_run[0].type_names
         out = {k: out[k] for k in HASHED_OUTPUTS["full"]}
     path = tmp_path / "sub" / "out.h5ad"
-    method.write_output(out, data, path)
+    method.write_output(RunResult(out), data, path)
     back = anndata.read_h5ad(path)
     mask = out["pixel_mask"]
     assert (

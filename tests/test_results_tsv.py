@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.results_tsv import COLUMNS, HEADER, append_row, format_row, read_rows
+from harness.core.errors import UserError
+from harness.sinks.results_tsv import COLUMNS, HEADER, append_row, format_row, read_rows
 
 N_PROCS, N_ROWS = 8, 50
 

@@ -9,10 +9,16 @@ import sys
 import optuna
 import pytest
 
-from harness.results_tsv import read_rows
+from harness.sinks.results_tsv import read_rows
 from tests.loop_repo import LoopRepo
 
-TUNE = ["method=toy", "dataset=toy", "hardware=cpu", "bench.repeats=1", "tracking.mlflow=false"]
+TUNE = [
+    "method=toy",
+    "dataset=cells/toy",
+    "hardware=cpu",
+    "bench.repeats=1",
+    "tracking.mlflow=false",
+]
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ upstream: counts above K_val are clipped)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from harness.schema import MethodConfig, rng
+from harness.api import MethodConfig, rng
 
 # What each mode hashes (weights_hash) when ``hashed_outputs`` is left empty in the YAML.
 HASHED_OUTPUTS: dict[str, list[str]] = {
@@ -34,13 +35,17 @@ class RCTDTolerance:
 
 @dataclass
 class RCTDConfig(MethodConfig):
-    dtype: str = field(default="float64", metadata=rng(choices=["float32", "float64"]))
+    ROLE: ClassVar[str] = "spatial+reference"
+    TIMING: ClassVar[str] = "repeat"
+    DETERMINISM: ClassVar[str] = "bitwise"
+
+    dtype: str = field(default="float64", metadata=rng(choices=["float32", "float64"], task=False))
     mode: str = field(default="full", metadata=rng(choices=["full", "doublet", "multi"]))
     # sigma x 100 (upstream's sigma_override): skips sigma estimation; None: estimate
     sigma_override: int | None = field(default=None, metadata=rng(ge=10, le=200))
     # likelihood table rows: counts are clipped at K_val
     K_val: int = field(default=100, metadata=rng(ge=10, le=5000))
-    batch_size: int = field(default=10000, metadata=rng(ge=1))
+    batch_size: int = field(default=10000, metadata=rng(ge=1, task=False))  # memory only
     max_iter: int = field(default=50, metadata=rng(ge=1))
     score_iter: int = field(default=25, metadata=rng(ge=1))  # sub-fits scored by their NLL
     min_change: float = field(default=1e-3, metadata=rng(gt=0))

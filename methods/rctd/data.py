@@ -17,16 +17,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from omegaconf import MISSING
 
-from harness.data import counts_matrix, pbmc68k_counts, read_h5ad, resolve_user_path
-from harness.errors import UserError
-from harness.schema import DatasetConfig, rng
+from harness.api import (
+    DatasetConfig,
+    UserError,
+    counts_matrix,
+    pbmc68k_counts,
+    read_h5ad,
+    resolve_user_path,
+    rng,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -75,6 +81,8 @@ def _names(prefix: str, n: int, width: int) -> list[str]:
 @dataclass
 class SyntheticConfig(DatasetConfig):
     """Synthetic spatial + reference data from known type profiles."""
+
+    ROLE: ClassVar[str] = "spatial+reference"
 
     n_pixels: int = field(default=2000, metadata=rng(ge=1))
     n_genes: int = field(default=1000, metadata=rng(ge=2))
@@ -178,6 +186,8 @@ def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
 @dataclass
 class PBMCConfig(DatasetConfig):
     """Pixels mixing 1..max_cells_per_pixel held-out real PBMC cells of distinct types."""
+
+    ROLE: ClassVar[str] = "spatial+reference"
 
     n_pixels: int = field(default=500, metadata=rng(ge=1))
     # the reference takes max(cell_min, round(ref_fraction * n)) cells of a type with n cells
@@ -304,6 +314,8 @@ def pbmc68k(cfg: PBMCConfig) -> dict[str, AnnData]:
 @dataclass
 class H5adConfig(DatasetConfig):
     """The user's own spatial and reference h5ad files."""
+
+    ROLE: ClassVar[str] = "spatial+reference"
 
     spatial: str = MISSING
     reference: str = MISSING

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import UserError
-from harness.runtime import Runtime
+from harness.api import RunContext, RunResult, Runtime, UserError
 from methods.rctd import check, preprocess
 from methods.rctd.config import RCTDConfig
 from methods.rctd.data import validate_rctd_inputs
@@ -123,7 +122,7 @@ class RCTD:
         self.type_names = state.type_names
         return state
 
-    def run(self, state: RCTDState) -> dict[str, torch.Tensor]:
+    def run(self, state: RCTDState, ctx: RunContext) -> dict[str, torch.Tensor]:
         """Counts → weights (module doc)."""
         c = self.cfg
         k = len(state.type_names)
@@ -173,14 +172,13 @@ class RCTD:
         return out
 
     def compare(
-        self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+        self, result: RunResult, reference: Mapping[str, np.ndarray]
     ) -> tuple[dict[str, float], bool]:
-        return check.compare(outputs, reference, self.cfg.tol, self.cfg.mode)
+        return check.compare(result.outputs, reference, self.cfg.tol, self.cfg.mode)
 
-    def quality(
-        self, outputs: Mapping[str, np.ndarray], data: Mapping[str, Any]
-    ) -> dict[str, float]:
+    def quality(self, result: RunResult, data: Mapping[str, Any]) -> dict[str, float]:
         """Agreement with the dataset's ground truth, when it has one."""
+        outputs = result.outputs
         conv = np.asarray(outputs["converged"])
         metrics = {"converged_fraction": float(conv.mean()) if conv.size else 1.0}
         metrics["sigma"] = float(np.asarray(outputs["sigma"]).reshape(-1)[0])
@@ -198,8 +196,8 @@ class RCTD:
         metrics.update(check.quality(outputs, truth, n_true, self.cfg.mode))
         return metrics
 
-    def write_output(self, outputs: Mapping[str, Any], data: Mapping[str, Any], path: Path) -> None:
+    def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
         """``run.output``: the spatial AnnData with the results (methods/rctd/output.py)."""
         from methods.rctd.output import write_h5ad
 
-        write_h5ad(outputs, data["spatial"], Path(path), self.type_names, self.cfg)
+        write_h5ad(result.outputs, data["spatial"], Path(path), self.type_names, self.cfg)

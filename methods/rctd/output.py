@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.hashing import to_numpy
+from harness.api import to_numpy
 from methods.rctd.check import row_normalise
 from methods.rctd.doublet import SPOT_CLASSES
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import UserError
+from harness.api import UserError
 from methods.rctd.config import RCTDConfig
 
 MIN_GENES = 10

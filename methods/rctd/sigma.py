@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from harness.errors import UserError
+from harness.api import UserError
 from methods.rctd.likelihood import _L_MAX, DELTA, LAMBDA_MAX, LAMBDA_MIN, LikelihoodTables
 from methods.rctd.qtable import SIGMA_GRID
 from methods.rctd.solver import solve_irwls

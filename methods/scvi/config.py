@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from harness.schema import MethodConfig, rng
+from harness.api import MethodConfig, rng
 
 
 @dataclass
@@ -20,6 +21,12 @@ class SCVITolerance:
 
 @dataclass
 class SCVIConfig(MethodConfig):
+    ROLE: ClassVar[str] = "cells"
+    TIMING: ClassVar[str] = "train"
+    # CUDA scatter-adds (atomics) and bf16/fp16 autocast make bytes vary between runs
+    DETERMINISM: ClassVar[str] = "statistical"
+    AUTOCAST: ClassVar[tuple[str, ...]] = ("bf16", "fp16")
+
     # ---- model (scvi-tools VAE defaults) ----
     n_hidden: int = field(default=128, metadata=rng(ge=1))
     n_latent: int = field(default=10, metadata=rng(ge=1))
@@ -54,10 +61,13 @@ class SCVIConfig(MethodConfig):
     # ---- data path ----
     # auto: dense on the device if it fits in device_fraction of free memory, else CSR, else
     # streamed from the host / a backed h5ad in chunks
-    staging: str = field(default="auto", metadata=rng(choices=["auto", "dense", "csr", "stream"]))
-    device_fraction: float = field(default=0.5, metadata=rng(gt=0, le=1))
-    chunk_cells: int = field(default=8192, metadata=rng(ge=1))  # stream: cells read at a time
-    workers: int = field(default=0, metadata=rng(ge=0))  # stream: loader worker processes
+    staging: str = field(
+        default="auto", metadata=rng(choices=["auto", "dense", "csr", "stream"], task=False)
+    )
+    device_fraction: float = field(default=0.5, metadata=rng(gt=0, le=1, task=False))
+    # stream: cells read at a time, loader worker processes
+    chunk_cells: int = field(default=8192, metadata=rng(ge=1, task=False))
+    workers: int = field(default=0, metadata=rng(ge=0, task=False))
     # ---- filters (census recipe: min_genes 300, n_top_genes 8000) ----
     min_counts: int = field(default=1, metadata=rng(ge=1))  # cells with fewer UMIs are dropped
     min_genes: int = field(default=0, metadata=rng(ge=0))
@@ -65,7 +75,4 @@ class SCVIConfig(MethodConfig):
     hvg_flavor: str = field(default="seurat", metadata=rng(choices=["seurat", "cell_ranger"]))
     # ---- evaluation: held-out cells, latent means hashed ----
     n_eval_cells: int = field(default=2000, metadata=rng(ge=1))
-    # ---- checkpoint/resume (harness.checkpoint); null: off ----
-    checkpoint: str | None = None
-    checkpoint_every: int = field(default=1, metadata=rng(ge=1))  # epochs
     tol: SCVITolerance = field(default_factory=SCVITolerance)

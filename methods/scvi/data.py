@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from omegaconf import MISSING
 
-from harness.data import counts_matrix, pbmc68k_counts, read_h5ad, resolve_user_path
-from harness.errors import UserError
-from harness.schema import DatasetConfig, rng
+from harness.api import (
+    DatasetConfig,
+    UserError,
+    counts_matrix,
+    pbmc68k_counts,
+    read_h5ad,
+    resolve_user_path,
+    rng,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -52,6 +58,8 @@ def _params(cfg: Any) -> dict[str, Any]:
 @dataclass
 class SyntheticConfig(DatasetConfig):
     """Counts from a random decoder: z → softmax(W z + b + batch offset) → ZINB."""
+
+    ROLE: ClassVar[str] = "cells"
 
     n_cells: int = field(default=2000, metadata=rng(ge=4))
     n_genes: int = field(default=500, metadata=rng(ge=2))
@@ -130,6 +138,8 @@ def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
 class PBMCConfig(DatasetConfig):
     """Scanpy's shipped PBMC 68k subset (700 cells × 765 genes) with integer counts."""
 
+    ROLE: ClassVar[str] = "cells"
+
     batch_keys: list[str] = field(default_factory=list)  # obs columns forming the batch
     label_key: str = "bulk_labels"  # cell types, for quality metrics
 
@@ -149,6 +159,8 @@ def pbmc68k(cfg: PBMCConfig) -> dict[str, AnnData]:
 @dataclass
 class H5adConfig(DatasetConfig):
     """The user's h5ad file of raw counts."""
+
+    ROLE: ClassVar[str] = "cells"
 
     path: str = MISSING
     layer: str | None = None  # layer holding the raw counts (null: X)

@@ -1,20 +1,20 @@
-"""scVI as a harness method (read-only surface): the trainer contract.
+"""scVI as a harness method (read-only surface): the trainer contract (TIMING ``train``).
 
 ``prepare`` (untimed) filters cells and genes, splits train / held-out cells (seeded) and
-stages the counts on the device. Each ``run`` (warmup and timed alike) trains from the same
-seeded initial state for the configured epoch/step budget, then returns the final parameters,
-the latent means of a fixed held-out evaluation set (both hashed) and the held-out ELBO.
+stages the counts on the device. ``run`` trains from the seeded initial state for the
+configured epoch/step budget (the warm-up: ``ctx.max_steps`` steps), with work counted by
+hooks installed here, then evaluates with read-only code (``evaluate.py``): the outputs are
+the trained parameters (``state.*``), the latent means of a fixed held-out evaluation set
+(both hashed) and the held-out ELBO.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from harness.checkpoint import Checkpointer
-from harness.data import counts_matrix
-from harness.errors import UserError
-from harness.runtime import Runtime
+from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix
 from methods.scvi import check
 from methods.scvi.config import SCVIConfig
 from methods.scvi.data import BATCH, ROLE, batch_from_keys, select_cells, select_genes
+from methods.scvi.evaluate import evaluate
 from methods.scvi.model import VAE, VAEShape
 from methods.scvi.staging import (
     Batch,
@@ -64,7 +62,6 @@ class SCVIState:
     split: tuple[np.ndarray, np.ndarray]  # train / evaluation positions among the kept cells
     lib_means: torch.Tensor
     lib_vars: torch.Tensor
-    key: str
 
 
 class SCVI:
@@ -220,16 +217,6 @@ class SCVI:
             max_kl_weight=c.max_kl_weight,
             min_kl_weight=c.min_kl_weight,
         )
-        cfg_dict = {k: v for k, v in asdict(c).items() if k not in ("checkpoint", "tol")}
-        fingerprint = {
-            "cfg": cfg_dict,
-            "shape": [n, host.n_genes, n_batch],
-            "stream": layout == "stream",
-            "lib": float(host.log_lib.sum()),
-            "dtype": str(rt.dtype),
-            "device": rt.device.type,
-        }
-        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         self._log(
             f"{n} cells ({train_idx.size} train, {eval_idx.size} eval) × {host.n_genes} genes, "
             f"{n_batch} batches; staging {layout}; {max_epochs} epochs × "
@@ -250,7 +237,6 @@ class SCVI:
             split=(train_idx, eval_idx),
             lib_means=torch.as_tensor(lib_means, dtype=rt.dtype),
             lib_vars=torch.as_tensor(lib_vars, dtype=rt.dtype),
-            key=key,
         )
 
     # ---- the timed run -------------------------------------------------------------------
@@ -263,10 +249,18 @@ class SCVI:
         model = VAE(state.shape, state.lib_means, state.lib_vars)
         return model.to(self.runtime.device, self.runtime.dtype)
 
-    def run(self, state: SCVIState) -> dict[str, Any]:
+    def run(self, state: SCVIState, ctx: RunContext) -> RunResult:
+        """Train (the editable ``train``), then evaluate with read-only code.
+
+        The work is counted here, by hooks the editable code cannot skip: optimizer steps and
+        the learning rates they used, training cells through the model's forward, active
+        dropout calls."""
         c, rt = self.cfg, self.runtime
         model = self.build(state)
         optimizer = make_optimizer(model, c.lr, c.adam_eps, c.weight_decay)
+        ctx.work.watch_optimizers()
+        ctx.work.watch_forward(model, "train_cells")
+        ctx.work.watch_modules(model, torch.nn.Dropout, "dropout_calls")
         if isinstance(state.source, StreamSource):
             src = state.source
 
@@ -278,64 +272,36 @@ class SCVI:
             def epochs(epoch: int, start: int) -> Any:
                 return dev_src.epoch(state.train_idx, c.batch_size, c.seed, epoch, start)
 
-        ckpt_path = Path(c.checkpoint).expanduser() if c.checkpoint else None
+        ctx.checkpoint.register(model=model, optimizer=optimizer)
         self.last = train(
-            model,
-            optimizer,
-            epochs,
-            state.n_train,
-            state.schedule,
-            Checkpointer(ckpt_path, key=state.key, log=self._log),
-            c.checkpoint_every,
-            rt.synchronize,
+            model, optimizer, epochs, state.schedule, ctx, rt.autocast_context, self._log
         )
-        return self.evaluate(model, state.eval_batch)
-
-    def evaluate(self, model: VAE, ev: Batch) -> dict[str, Any]:
-        """Parameters, held-out latent means and ELBO (one seeded sample) in eval mode."""
         model.eval()
-        gen = torch.Generator(device=self.runtime.device).manual_seed(self.cfg.seed + 1)
-        lat, elbo = [], []
-        with torch.no_grad():
-            for lo in range(0, ev.x.shape[0], 4096):
-                sl = slice(lo, lo + 4096)
-                lat.append(model.latent_mean(ev.x[sl], ev.batch[sl]))
-                out = model(ev.x[sl], ev.batch[sl], ev.log_lib[sl], ev.lgamma_x1[sl], 1.0, gen)
-                elbo.append((out.reconstruction + out.kl_local).double().reshape(1))
-            params = torch.cat(
-                [t.detach().reshape(-1).float() for t in model.state_dict().values()]
-            )
-        history = self.last.history if self.last else {}
-        return {
-            "params": params,
-            "latent": torch.cat(lat),
-            "elbo_heldout": torch.cat(elbo).sum().reshape(1) / ev.x.shape[0],
-            "elbo_train": np.asarray(history.get("elbo_train", []), dtype=np.float64),
-        }
+        params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ev = state.eval_batch
+        evaluated = evaluate(params, state.shape, ev.x, ev.batch, ev.log_lib, ev.lgamma_x1, c.seed)
+        outputs: dict[str, Any] = {f"state.{k}": v for k, v in params.items()}
+        outputs.update(evaluated)
+        history = self.last.history
+        outputs["elbo_train"] = np.asarray(history.get("elbo_train", []), dtype=np.float64)
+        info = {"cells_per_s": self.last.cells_per_s, "train_s": self.last.seconds}
+        return RunResult(outputs=outputs, info=info)
 
     # ---- checks and reporting ------------------------------------------------------------
     def compare(
-        self, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
+        self, result: RunResult, reference: Mapping[str, np.ndarray]
     ) -> tuple[dict[str, float], bool]:
-        return check.compare(outputs, reference, self.cfg.tol)
+        return check.compare(result.outputs, reference, self.cfg.tol)
 
-    def quality(
-        self, outputs: Mapping[str, np.ndarray], data: Mapping[str, Any]
-    ) -> dict[str, float]:
+    def quality(self, result: RunResult, data: Mapping[str, Any]) -> dict[str, float]:
         """Throughput and ELBOs; with ground truth: latent recovery, batch mixing, purity."""
+        outputs = result.outputs
         metrics: dict[str, float] = {"elbo_heldout": float(np.ravel(outputs["elbo_heldout"])[0])}
-        if self.last is not None:
-            h = self.last.history
-            metrics.update(
-                cells_per_s=self.last.cells_per_s,
-                train_s=self.last.seconds,
-                steps=float(self.last.steps),
-                epochs=float(len(h["elbo_train"])),
-                resumed_epoch=float(self.last.resumed_epoch),
-            )
-            if h["elbo_train"]:
-                metrics["elbo_train_final"] = h["elbo_train"][-1]
-                metrics["kl_weight_final"] = h["kl_weight"][-1]
+        metrics.update(result.info)
+        elbo_train = np.ravel(outputs.get("elbo_train", []))
+        metrics["epochs"] = float(elbo_train.size)
+        if elbo_train.size:
+            metrics["elbo_train_final"] = float(elbo_train[-1])
         adata = data[ROLE]
         cells = self._eval_cells
         latent = np.asarray(outputs["latent"], dtype=np.float64)
@@ -358,11 +324,7 @@ class SCVI:
             metrics["label_purity_latent"] = check.label_purity(latent, labels, k)
         return metrics
 
-    def series(self) -> dict[str, list[float]]:
-        """Per-epoch training metrics of the last run (MLflow steps = epochs)."""
-        return {k: list(v) for k, v in (self.last.history if self.last else {}).items()}
-
-    def write_output(self, outputs: Mapping[str, Any], data: Mapping[str, Any], path: Path) -> None:
+    def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
         """The held-out cells' latent means as an h5ad (obsm["X_scVI"])."""
         import anndata
 
@@ -370,6 +332,6 @@ class SCVI:
         assert cells is not None, "write_output before prepare"
         obs = data[ROLE].obs.iloc[cells].copy()
         out = anndata.AnnData(obs=obs)
-        out.obsm["X_scVI"] = np.asarray(outputs["latent"])
+        out.obsm["X_scVI"] = np.asarray(result.outputs["latent"])
         path.parent.mkdir(parents=True, exist_ok=True)
         out.write_h5ad(path)

@@ -25,16 +25,11 @@ import numpy as np
 import torch
 
 
-def compose(overrides: list[str]) -> Any:
-    """The harness's validated config for these overrides (what the CLI would run)."""
-    from harness.compose import compose_checked
-
-    return compose_checked(overrides)[1]
-
-
 def run_ours(method: Any, state: Any) -> dict[str, float]:
+    from harness.api import RunContext
+
     t0 = time.perf_counter()
-    out = method.run(state)
+    out = method.run(state, RunContext()).outputs
     wall = time.perf_counter() - t0
     last = method.last
     return {
@@ -137,14 +132,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import anndata
     import pandas as pd
 
-    from harness import hardware
-    from harness.validate import locate
+    from harness.api import prepared
     from methods.scvi.data import BATCH, batch_from_keys
-    from methods.scvi.method import SCVI
 
     overrides = [
         "method=scvi",
-        "dataset=scvi_synthetic",
+        "dataset=cells/synthetic",
         f"dataset.n_cells={args.cells}",
         f"dataset.n_genes={args.genes}",
         f"method.max_epochs={args.epochs}",
@@ -153,13 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"hardware.threads={args.threads}",
         *args.overrides,
     ]
-    valid = compose(overrides)
-    mcfg = valid.method
-    runtime = hardware.resolve(valid.top.hardware, mcfg.dtype, Path("results/cache"), 0)
-    data = locate(valid.dataset._target_, "dataset._target_")(valid.dataset)
-    ours = SCVI(mcfg, runtime)
-    ours.check_inputs(data)
-    state = ours.prepare(data)
+    ready = prepared(overrides)
+    ours, data, state, runtime = ready.method, ready.data, ready.state, ready.runtime
+    mcfg = ready.config.method
     src = data["cells"]
     x = src.X[state.cells][:, state.genes]
     keys = list(mcfg.batch_keys) if mcfg.batch_keys is not None else [BATCH]

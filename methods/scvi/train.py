@@ -1,4 +1,5 @@
-"""The training loop (editable surface): Adam, KL warm-up, per-epoch history, checkpoints.
+"""The training loop (editable surface): Adam, KL warm-up, per-epoch history, checkpoints
+through the harness's checkpoint object (``ctx.checkpoint``).
 
 Every call trains from a seeded initial state: ``torch.manual_seed(seed)`` then the model is
 built on the CPU (identical initial weights on any device) and moved to the device. The
@@ -8,6 +9,7 @@ noise use the global torch RNG, whose state a checkpoint carries.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +17,6 @@ from typing import Any
 
 import torch
 
-from harness.checkpoint import Checkpointer
 from methods.scvi.model import VAE
 from methods.scvi.staging import Batch
 
@@ -74,41 +75,53 @@ def train(
     model: VAE,
     optimizer: torch.optim.Optimizer,
     epochs: EpochFn,
-    n_train: int,
     schedule: Schedule,
-    checkpointer: Checkpointer,
-    checkpoint_every: int,
-    synchronize: Callable[[], None],
+    ctx: Any,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainResult:
-    """Train ``model`` for the budget in ``schedule``, resuming from a checkpoint if one fits.
+    """Train ``model`` for the budget in ``schedule`` (or ``ctx.max_steps`` steps: the
+    warm-up), resuming mid-epoch from the harness's checkpoint when one fits.
 
     History per epoch (means over the epoch's training cells, computed in train mode like
-    scvi-tools' ``elbo_train``): ELBO, reconstruction, unweighted local KL, and the KL weight.
-    The checkpoint is removed when training completes.
+    scvi-tools' ``elbo_train``): ELBO, reconstruction, unweighted local KL, and the KL weight;
+    each epoch ends with ``ctx.mark`` (the harness's per-epoch time sample and series).
     """
     result = TrainResult(history={k: [] for k in (*HISTORY_KEYS, "cells_per_s")})
-    objects: dict[str, Any] = {"model": model, "optimizer": optimizer}
-    start_epoch, step = 0, 0
-    state = checkpointer.load()
-    if state is not None:
-        state.restore(objects)
-        start_epoch, step = state.epoch, state.step
-        result.history = {k: list(v) for k, v in state.extra["history"].items()}
-        result.resumed_epoch = start_epoch
+    ck = ctx.checkpoint
+    start_epoch, start_batch, step = 0, 0, 0
     device = next(model.parameters()).device
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    n_cells = 0
+    resumed = ck.resume()
+    if resumed is not None:
+        start_epoch, start_batch, step = resumed.epoch, resumed.batch, resumed.step
+        result.history = {k: list(v) for k, v in resumed.extra["history"].items()}
+        if start_batch:
+            sums = resumed.extra["sums"].to(device)
+            n_cells = int(resumed.extra["n_cells"])
+        result.resumed_epoch = start_epoch
+
+    def extra() -> dict[str, Any]:
+        return {"history": result.history, "sums": sums.cpu(), "n_cells": n_cells}
+
     for epoch in range(start_epoch, schedule.max_epochs):
         if schedule.max_steps is not None and step >= schedule.max_steps:
             break
+        if not ctx.steps_left(step):
+            break
         model.train()
         kl_w = schedule.kl_weight(epoch, step)
-        sums = torch.zeros(2, device=device, dtype=torch.float64)
-        n_cells = 0
+        first = start_batch if epoch == start_epoch else 0
+        if not first:
+            sums = torch.zeros(2, device=device, dtype=torch.float64)
+            n_cells = 0
         t0, c0 = time.perf_counter(), time.process_time()
-        for mb in epochs(epoch, 0):
+        for i, mb in enumerate(epochs(epoch, first), start=first):
             if schedule.n_steps_kl_warmup is not None:
                 kl_w = schedule.kl_weight(epoch, step)
-            out = model(mb.x, mb.batch, mb.log_lib, mb.lgamma_x1, kl_w, nz=mb.nz)
+            with autocast():
+                out = model(mb.x, mb.batch, mb.log_lib, mb.lgamma_x1, kl_w, nz=mb.nz)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
@@ -118,7 +131,9 @@ def train(
             step += 1
             if schedule.max_steps is not None and step >= schedule.max_steps:
                 break
-        synchronize()
+            if not ctx.steps_left(step):
+                break
+            ck.step_done(epoch, i + 1, step, extra)
         seconds = time.perf_counter() - t0
         result.cpu_seconds += time.process_time() - c0
         rec, kl = (sums / max(n_cells, 1)).tolist()
@@ -127,18 +142,17 @@ def train(
         result.history["cells_per_s"].append(n_cells / seconds if seconds > 0 else 0.0)
         result.cells += n_cells
         result.seconds += seconds
+        ctx.mark(epoch + 1, "train", elbo_train=rec + kl, reconstruction=rec, kl_local=kl,
+                 kl_weight=kl_w)  # fmt: skip
         log(f"epoch {epoch + 1}/{schedule.max_epochs}: elbo {rec + kl:.4f}, kl_weight {kl_w:.4g}")
+        if not ctx.steps_left(step):
+            break
         done = epoch + 1 == schedule.max_epochs or (
             schedule.max_steps is not None and step >= schedule.max_steps
         )
-        if not done and (epoch + 1) % checkpoint_every == 0:
-            checkpointer.save(
-                step=step,
-                epoch=epoch + 1,
-                objects=objects,
-                loader={"epoch": epoch + 1, "batch": 0},
-                extra={"history": result.history},
-            )
+        if not done:
+            n_cells, sums = 0, torch.zeros(2, device=device, dtype=torch.float64)
+            ck.epoch_done(epoch + 1, step, extra)
     result.steps = step
-    checkpointer.clear()
+    ck.complete(schedule.max_epochs, step, extra)
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results_tsv import read_rows
+from harness.sinks.results_tsv import read_rows
 from tests.conftest import REPO, SMALL
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]

@@ -1,0 +1,232 @@
+"""The method contract: what every ``methods/<name>/`` provides, and what the harness hands it.
+
+A method is a class named by ``_target_`` in ``conf/method/<name>.yaml``; its config schema is
+the dataclass named by ``_schema_`` (a :class:`~harness.config.schema.MethodConfig` subclass
+whose class attributes declare ROLE, TIMING, DETERMINISM and AUTOCAST). Lifecycle::
+
+    check_inputs(data) → prepare(data) → state                      untimed
+    run(state, ctx) → RunResult | {name: output}                    timed (per TIMING)
+    quality(result, data) → {metric: value}                         read-only evaluation
+    compare(result, reference) → ({metric: value}, ok)              read-only tolerance tier
+    write_output(result, data, path)                                optional, for run.output
+
+``ctx`` (:class:`RunContext`) is the harness's side of a run: whether it is the warm-up, the
+warm-up step budget of a trainer, the checkpoint object, the work counters (filled by the
+method's read-only code through hooks, never by editable code) and the step-indexed,
+phase-tagged series.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from harness.core.errors import UserError
+
+Outputs = Mapping[str, Any]  # name -> torch.Tensor | np.ndarray | scipy.sparse | torch sparse
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One value of a per-step series: ``name`` at ``step`` in ``phase`` (e.g. stageA)."""
+
+    name: str
+    step: int
+    value: float
+    phase: str = ""
+
+    @property
+    def key(self) -> str:
+        """The metric name in MLflow: ``<phase>/<name>`` (or ``<name>`` without a phase)."""
+        return f"{self.phase}/{self.name}" if self.phase else self.name
+
+
+@dataclass
+class RunResult:
+    """What one run produced: outputs, the work counted by read-only hooks, series."""
+
+    outputs: dict[str, Any]
+    work: dict[str, float] = field(default_factory=dict)
+    series: list[SeriesPoint] = field(default_factory=list)
+    info: dict[str, float] = field(default_factory=dict)  # e.g. samples/s, resumed step
+
+    def series_by_key(self) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for p in self.series:
+            out.setdefault(p.key, []).append((p.step, p.value))
+        return out
+
+
+class WorkCounter:
+    """Work done during a run, observed by hooks the method's read-only code installs.
+
+    ``watch_optimizers()`` counts every ``torch.optim`` step (a global post-step hook) and
+    accumulates the learning rates the optimizers actually used; ``watch_forward(module)``
+    counts training-mode forward calls and the samples they saw; ``watch_modules(module,
+    cls)`` counts active calls of submodules of a type (e.g. dropout in training mode). Hooks
+    are removed by :meth:`close` (the harness calls it after the run).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+        self._handles: list[Any] = []
+
+    def add(self, name: str, amount: float = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + amount
+
+    def watch_optimizers(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            self.add("optimizer_steps")
+            lrs = [float(g.get("lr", 0.0)) for g in optimizer.param_groups]
+            self.add("lr_sum", sum(lrs))
+
+        self._handles.append(register_optimizer_step_post_hook(hook))
+
+    def watch_forward(self, module: Any, name: str = "samples") -> None:
+        """Count training-mode forward calls of ``module`` and the rows of their first input."""
+
+        def hook(mod: Any, args: tuple[Any, ...]) -> None:
+            if mod.training and args and hasattr(args[0], "shape"):
+                self.add(f"{name}_forward_calls")
+                self.add(name, int(args[0].shape[0]))
+
+        self._handles.append(module.register_forward_pre_hook(hook))
+
+    def watch_modules(self, module: Any, kind: type, name: str) -> None:
+        """Count active calls (training mode) of every submodule of type ``kind``, and their
+        configured probability ``p`` summed (dropout), under ``name``."""
+        for sub in module.modules():
+            if isinstance(sub, kind):
+
+                def hook(mod: Any, args: tuple[Any, ...]) -> None:
+                    if mod.training:
+                        self.add(name)
+                        self.add(f"{name}_p_sum", float(getattr(mod, "p", 0.0)))
+
+                self._handles.append(sub.register_forward_pre_hook(hook))
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class RunContext:
+    """The harness's side of one ``method.run(state, ctx)`` call.
+
+    Attributes:
+        warmup: True for the untimed warm-up.
+        max_steps: a trainer's step budget for this call (the warm-up's ``bench.warmup_steps``)
+            or None (the method's own budget).
+        checkpoint: the harness-owned checkpoint (a disabled one in the warm-up).
+        work: the work counters (read-only method code installs the hooks).
+    """
+
+    def __init__(
+        self,
+        warmup: bool = False,
+        max_steps: int | None = None,
+        checkpoint: Any = None,
+        synchronize: Callable[[], None] = lambda: None,
+    ) -> None:
+        from harness.bench.checkpoint import Checkpoint
+
+        self.warmup = warmup
+        self.max_steps = max_steps
+        self.checkpoint = checkpoint if checkpoint is not None else Checkpoint.disabled()
+        self.work = WorkCounter()
+        self.series: list[SeriesPoint] = []
+        self._sync = synchronize
+        self._marks: list[float] = []
+        self.started = time.perf_counter()
+
+    def record(self, name: str, value: float, step: int, phase: str = "") -> None:
+        """A series point (MLflow metric history ``<phase>/<name>``)."""
+        self.series.append(SeriesPoint(name, int(step), float(value), phase))
+
+    def mark(self, step: int, phase: str = "", **metrics: float) -> None:
+        """End of an epoch (or another unit of training): the harness takes the time (after a
+        device sync; checkpoint writes excluded) — these are the samples of ``train`` timing —
+        and records ``metrics`` as series points at ``step``."""
+        self._sync()
+        now = time.perf_counter() - self.checkpoint.seconds
+        last = self._marks[-1] if self._marks else self.started
+        self._marks.append(now)
+        self.record("epoch_s", now - last, step, phase)
+        for name, value in metrics.items():
+            self.record(name, value, step, phase)
+
+    @property
+    def samples(self) -> list[float]:
+        """Per-epoch (per mark) seconds, checkpoint writes excluded."""
+        edges = [self.started, *self._marks]
+        return [b - a for a, b in zip(edges, edges[1:], strict=False)]
+
+    def steps_left(self, step: int) -> bool:
+        """False once a step budget (the warm-up's) is used up."""
+        return self.max_steps is None or step < self.max_steps
+
+
+@runtime_checkable
+class Method(Protocol):
+    """The methods every method class implements (checked by :func:`check_method`)."""
+
+    def __init__(self, cfg: Any, runtime: Any) -> None: ...
+
+    def check_inputs(self, data: Mapping[str, Any]) -> None:
+        """Validate the dataset's objects; raise ``UserError`` with one line."""
+
+    def prepare(self, data: Mapping[str, Any]) -> Any:
+        """Untimed: move data to the device, load cached tables. Returns the run state."""
+
+    def run(self, state: Any, ctx: RunContext) -> RunResult | Outputs:
+        """Timed: compute the outputs from the prepared state (a trainer trains)."""
+
+    def compare(self, result: RunResult, reference: Outputs) -> tuple[dict[str, float], bool]:
+        """Tolerance tier (read-only code): metrics against a baseline's outputs, pass/fail."""
+
+    def quality(self, result: RunResult, data: Mapping[str, Any]) -> dict[str, float]:
+        """Metrics against the dataset's ground truth (read-only code), or ``{}``."""
+
+
+REQUIRED = {"check_inputs": 1, "prepare": 1, "run": 2, "compare": 2, "quality": 2}
+
+
+def check_method(cls: type, name: str) -> None:
+    """The method class implements the contract (methods and their arity); one line if not."""
+    for attr, n_args in REQUIRED.items():
+        fn = getattr(cls, attr, None)
+        if not callable(fn):
+            raise UserError(f"method {name}: {cls.__qualname__} has no {attr}() (the contract)")
+        params = [
+            p
+            for p in list(inspect.signature(fn).parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        if len(params) != n_args:
+            raise UserError(
+                f"method {name}: {cls.__qualname__}.{attr} takes {len(params)} argument(s), "
+                f"the contract passes {n_args}"
+            )
+
+
+def as_result(value: RunResult | Outputs) -> RunResult:
+    """A method's return value as a RunResult (a plain mapping is its outputs)."""
+    if isinstance(value, RunResult):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"run() returned {type(value).__name__}; expected RunResult or a mapping")
+    return RunResult(outputs=dict(value))
+
+
+def iter_steps(ctx: RunContext, total: int, start: int = 0) -> Iterator[int]:
+    """``range(start, total)`` cut at the context's step budget (helper for trainers)."""
+    step = start
+    while step < total and ctx.steps_left(step):
+        yield step
+        step += 1

@@ -1,0 +1,289 @@
+"""One benchmark, end to end: the data flow of DESIGN.md from a validated config to the sinks.
+
+hardware.resolve → dataset.load → method.check_inputs → method.prepare (untimed)
+→ protocol (repeat | train) → hash every run → quality (read-only) → verdict → sinks
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.bench import baseline as baselines
+from harness.bench import hardware
+from harness.bench.checkpoint import Checkpoint, CheckpointFile
+from harness.bench.contract import RunResult, check_method
+from harness.bench.fingerprint import code_version, environment_key, fingerprint
+from harness.bench.hashing import output_hash, parity_hash, select
+from harness.bench.protocol import Measurement, measure
+from harness.config import validate
+from harness.config.schema import Config
+from harness.config.taskkey import task_params
+from harness.core.errors import UserError
+from harness.sinks.console import Reporter
+
+
+@dataclass
+class Outcome:
+    """What a benchmark produced, for the sinks and for callers (sweepers, the loop)."""
+
+    status: str
+    output_hash: str = ""
+    verdict: str = ""
+    measurement: Measurement | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    mlflow_run_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Benchmark:
+    """Validated inputs plus everything needed to write exactly one row for them."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        valid: validate.Validated,
+        overrides: list[str],
+        reporter: Reporter,
+        env: dict[str, Any] | None = None,
+    ) -> None:
+        self.raw = cfg
+        self.overrides = overrides
+        self.reporter = reporter
+        self.cwd = Path.cwd()
+        self.top: Config = valid.top
+        self.method_cfg = valid.method
+        self.dataset_cfg = valid.dataset
+        self.spec = type(valid.method)  # the method's contract declarations
+        self.results = (self.cwd / self.top.paths.results).resolve()
+        self.runtime = hardware.resolve(
+            self.top.hardware,
+            self.method_cfg.dtype,
+            (self.cwd / self.top.paths.cache).resolve(),
+            self.top.bench.seed,
+            valid.autocast,
+        )
+        self.env = env or fingerprint(self.runtime, self.cwd)
+        surface = [*self.method_cfg.editable, *self.method_cfg.readonly]
+        self.code_version = code_version(surface)
+        self._lock = threading.Lock()
+        self._recorded = False
+        # jobs of one sweep share this id (results.tsv tag "sweep:<id>", MLflow tag sweep_id)
+        self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
+        self.started = datetime.now(timezone.utc)
+        self.finished: datetime | None = None
+
+    # ---- the data flow -------------------------------------------------------------------
+    def load(self, dataset_cfg: Any = None) -> Any:
+        """The dataset's objects (``dataset._target_`` called with its config)."""
+        dataset_cfg = dataset_cfg or self.dataset_cfg
+        self.reporter.info(f"dataset {dataset_cfg.name}: loading")
+        loader = validate.locate(dataset_cfg._target_, "dataset._target_")
+        return loader(dataset_cfg)
+
+    def build(self) -> Any:
+        """The method object (its class checked against the contract)."""
+        mc = self.method_cfg
+        method_cls = validate.locate(mc._target_, "method._target_")
+        check_method(method_cls, mc.name)
+        return method_cls(mc, self.runtime)
+
+    def setup(self, data: Any = None, method: Any = None) -> tuple[Any, Any, Any]:
+        """Load the dataset (unless given), build and check the method, prepare it (untimed)."""
+        mc, say = self.method_cfg, self.reporter.info
+        data = self.load() if data is None else data
+        method = method or self.build()
+        method.check_inputs(data)
+        say(f"method {mc.name}: prepare on {self.runtime.device} ({self.env['device_name']})")
+        t0 = time.perf_counter()
+        state = method.prepare(data)
+        self.runtime.synchronize()
+        say(f"prepare done in {time.perf_counter() - t0:.2f} s")
+        return method, data, state
+
+    def digest(self, outputs: Any) -> str:
+        """The canonical hash of a run's (host) outputs."""
+        names = select(outputs, self.method_cfg.hashed_outputs)
+        return output_hash(outputs, self.top.bench.hash_decimals, names)
+
+    def task(self) -> dict[str, Any]:
+        """The task identity: method keys that define the task, dataset and its parameters."""
+        return {
+            "method": self.method_cfg.name,
+            "task": task_params(self.method_cfg),
+            "dataset": OmegaConf.to_container(self.raw.dataset, resolve=True),
+        }
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The harness-owned checkpoint of a trainer (None when off or not a trainer)."""
+        ck = self.top.checkpoint
+        if not ck.enabled or self.spec.TIMING != "train":
+            return None
+        key = baselines.short_hash(
+            {
+                **self.task(),
+                "code": self.code_version,
+                "hardware": self.top.hardware.name,
+                "dtype": str(self.runtime.dtype),
+                "autocast": self.runtime.autocast,
+                "env": environment_key(self.env),
+            }
+        )
+        name = f"{baselines._slug(self.dataset_cfg.name)}__{self.top.hardware.name}.pt"
+        path = (self.cwd / self.top.paths.checkpoints).resolve() / self.method_cfg.name / name
+        file = CheckpointFile(path, key, log=lambda msg: self.reporter.info(f"checkpoint: {msg}"))
+        return Checkpoint(file, ck.every_epochs, ck.every_steps, ck.every_minutes, ck.keep)
+
+    def execute(self, data: Any = None) -> Outcome:
+        """Load → prepare → protocol → hash → verdict. Never writes anything (but a
+        checkpoint)."""
+        method, data, state = self.setup(data)
+        bench = self.top.bench
+        m = measure(
+            lambda ctx: method.run(state, ctx),
+            self.runtime,
+            self.spec.TIMING,
+            bench.warmup,
+            bench.repeats,
+            bench.warmup_steps,
+            self.digest,
+            self.reporter,
+            checkpoint=self.checkpoint(),
+        )
+        return self.conclude(method, data, m)
+
+    def conclude(self, method: Any, data: Any, m: Measurement) -> Outcome:
+        """Quality metrics, optional output file, parity hash and verdict of a measurement."""
+        mc = self.method_cfg
+        outcome = Outcome(status=self.top.run.status, measurement=m, output_hash=m.hashes[-1])
+        outcome.metrics.update(method.quality(m.result, data))
+        outcome.metrics.update({f"work_{k}": float(v) for k, v in m.result.work.items()})
+        if m.checkpoint_s:
+            outcome.metrics["checkpoint_s"] = m.checkpoint_s
+        if m.resumed:
+            outcome.tags["resumed"] = m.resumed
+        if self.top.run.output:
+            if not hasattr(method, "write_output"):
+                raise UserError(f"run.output: method {mc.name} does not write output files")
+            path = (self.cwd / self.top.run.output).resolve()
+            method.write_output(m.result, data, path)
+            self.reporter.info(f"output written: {path}")
+        if mc.parity_output and mc.parity_output in m.outputs:
+            outcome.tags["parity_hash"] = parity_hash(m.outputs[mc.parity_output])
+        self.judge(outcome, method.compare)
+        return outcome
+
+    def baseline_path(self) -> Path:
+        task = self.task()
+        key = baselines.BaselineKey(
+            method=self.method_cfg.name,
+            method_params=baselines.short_hash(task["task"]),
+            dataset=self.dataset_cfg.name,
+            dataset_params=baselines.short_hash(task["dataset"]),
+            hardware=self.top.hardware.name,
+            environment=baselines.short_hash(environment_key(self.env)),
+        )
+        return key.path((self.cwd / self.top.paths.baselines).resolve())
+
+    def judge(self, outcome: Outcome, compare: Any) -> None:
+        """The verdict against the stored baseline (storing one when there is none)."""
+        m, mode = outcome.measurement, self.top.bench.baseline
+        assert m is not None
+        if self.spec.DETERMINISM == "bitwise" and not m.deterministic:
+            outcome.verdict = "nondeterministic"
+            self.reporter.info(
+                f"hashes differ between runs: {sorted(set(m.hashes + m.warmup_hashes))}"
+            )
+            return
+        if mode == "off":
+            outcome.verdict = "none"
+            return
+        path = self.baseline_path()
+        stored = None if mode == "save" else baselines.load(path)
+        if stored is None and mode in ("save", "auto"):
+            meta = {"commit": self.env["commit"], "created": self.started.isoformat()}
+            baselines.save(path, outcome.output_hash, m.outputs, meta, m.result.work)
+            outcome.verdict = "none"
+            if outcome.status == "run":
+                outcome.status = "baseline"
+            self.reporter.info(f"baseline saved: {path}")
+            return
+        verdict, metrics = baselines.verdict(outcome.output_hash, m.result, stored, compare)
+        outcome.verdict = verdict
+        outcome.metrics.update({f"cmp_{k}": v for k, v in metrics.items()})
+
+    # ---- sinks ---------------------------------------------------------------------------
+    def record(self, outcome: Outcome) -> bool:
+        """Write the MLflow run and the results.tsv row, once. False if already recorded."""
+        from harness.sinks import record
+
+        with self._lock:
+            if self._recorded:
+                return False
+            self._recorded = True
+        self.finished = datetime.now(timezone.utc)
+        record.write(self, outcome)
+        return True
+
+    def summary(self, o: Outcome) -> str:
+        from harness.sinks.console import benchmark_summary
+
+        return benchmark_summary(self, o)
+
+
+def run(
+    cfg: DictConfig, valid: validate.Validated, overrides: list[str], sweep_id: str = ""
+) -> Outcome:
+    """Benchmark and record. UserErrors propagate before anything is written.
+
+    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set).
+    """
+    reporter = Reporter()
+    bench = Benchmark(cfg, valid, overrides, reporter)  # hardware errors raise here
+    bench.sweep_id = bench.sweep_id or sweep_id
+
+    def on_timeout() -> None:
+        outcome = Outcome(
+            status="timeout",
+            output_hash="TIMEOUT",
+            error=f"timeout after {bench.top.bench.timeout_s} s",
+        )
+        if bench.record(outcome):
+            print(
+                f"error: benchmark exceeded bench.timeout_s={bench.top.bench.timeout_s}",
+                file=sys.stderr,
+            )
+            os._exit(124)
+
+    timer = threading.Timer(bench.top.bench.timeout_s, on_timeout)
+    timer.daemon = True
+    timer.start()
+    try:
+        outcome = bench.execute()
+    except UserError:
+        timer.cancel()
+        raise
+    except Exception as exc:
+        timer.cancel()
+        reporter.info("".join(traceback.format_exception(exc)))
+        crash = Outcome(status="crash", output_hash="CRASH", error=f"{type(exc).__name__}: {exc}")
+        bench.record(crash)
+        raise
+    timer.cancel()
+    if not bench.record(outcome):  # the watchdog got there first
+        time.sleep(3600)
+    print(bench.summary(outcome), flush=True)
+    return outcome
+
+
+__all__ = ["Benchmark", "Outcome", "RunResult", "run"]

@@ -1,0 +1,60 @@
+"""The Hydra application behind ``python -m harness`` and the ``harness`` console script."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from harness.config.compose import CONF_DIR
+from harness.config.schema import register
+from harness.core.errors import UserError, print_error
+
+register()
+
+
+def sweep_id() -> str:
+    """The id every job of this multirun shares ("" for a single run): Hydra's sweep dir,
+    e.g. ``2025-06-01_12-00-00``, prefixed by the ``+sweep=`` preset's name when there is one.
+    """
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return ""
+    stamp = re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(Path(hc.sweep.dir).parts[-2:]))
+    preset = hc.runtime.choices.get("sweep")
+    return f"{preset}-{stamp}" if preset else stamp
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def task(cfg: DictConfig) -> float:
+    """Run one benchmark; returns the median elapsed seconds (the sweepers' objective)."""
+    from harness.config.validate import validate_all
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if v is not None}
+    # in a multirun, a failed job raises: the launcher records it and runs the others (an
+    # exit would end a local sweep, and leave a SLURM launcher without the job's result)
+    sweep = sweep_id()
+    try:
+        valid = validate_all(cfg, choices)  # before importing torch: config errors come fast
+        from harness.bench import runner
+
+        outcome = runner.run(cfg, valid, overrides, sweep_id=sweep)
+    except UserError as exc:
+        print_error(exc)
+        if sweep:
+            raise
+        sys.exit(2)
+    if outcome.error:
+        print_error(outcome.error)
+        if sweep:
+            raise RuntimeError(outcome.error)
+        sys.exit(1)
+    m = outcome.measurement
+    return m.median if m and m.elapsed else float("inf")

@@ -1,0 +1,269 @@
+"""Config schema: structured configs for the harness keys, base classes for methods/datasets.
+
+Types and unknown keys are enforced by OmegaConf (struct mode); value ranges are declared in
+field metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``) and checked by :func:`check_ranges`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from omegaconf import MISSING
+
+from harness.core.errors import UserError
+
+
+def rng(**bounds: Any) -> dict[str, Any]:
+    """Field metadata declaring a range, e.g. ``field(default=1, metadata=rng(ge=1))``.
+
+    ``task=False`` marks an execution-only key (a data-path or logging knob that cannot change
+    the outputs): it stays out of the task identity that keys baselines and checkpoints.
+    """
+    return bounds
+
+
+# The dataset roles: what a dataset yields / what a method needs (conf/dataset/<group>/).
+ROLE_GROUPS: dict[str, str] = {
+    "spatial+reference": "spatial",
+    "cells": "cells",
+    "cells+labels": "labelled",
+    "droplets": "droplets",
+    "cells+captions": "captioned",
+}
+TIMINGS = ("repeat", "train")
+DETERMINISMS = ("bitwise", "statistical")
+AUTOCASTS = ("bf16", "fp16")
+
+
+@dataclass
+class MethodConfig:
+    """Keys every method config has; a method's schema subclasses this.
+
+    The class attributes in capitals are the method's contract declarations. They live in the
+    method's read-only schema module, so neither the command line nor an edited YAML file can
+    change them:
+
+    - ``ROLE``: the dataset role the method needs (a key of ``ROLE_GROUPS``);
+    - ``TIMING``: ``repeat`` (solvers: W warm-ups, R timed runs) or ``train`` (trainers: a
+      warm-up of ``bench.warmup_steps`` steps, then ONE timed training whose per-epoch times
+      are the samples);
+    - ``DETERMINISM``: ``bitwise`` (runs must hash equal) or ``statistical`` (the tolerance
+      tier decides; hashes are still recorded);
+    - ``AUTOCAST``: the autocast precisions the method supports (``bf16``, ``fp16``).
+    """
+
+    ROLE: ClassVar[str] = ""
+    TIMING: ClassVar[str] = "repeat"
+    DETERMINISM: ClassVar[str] = "bitwise"
+    AUTOCAST: ClassVar[tuple[str, ...]] = ()
+
+    name: str = MISSING
+    _target_: str = MISSING
+    _schema_: str = MISSING
+    dtype: str = field(default="float32", metadata=rng(choices=["float32", "float64"], task=False))
+    # bf16 / fp16 autocast for this method (null: the hardware profile's choice)
+    autocast: str | None = field(default=None, metadata=rng(choices=list(AUTOCASTS), task=False))
+    # files (relative to the repo root) the optimization loop may change / must not change
+    editable: list[str] = field(default_factory=list)
+    readonly: list[str] = field(default_factory=list)
+    # which outputs go into the output hash (empty: all)
+    hashed_outputs: list[str] = field(default_factory=list)
+    # output hashed with the legacy md5(round(x, d)) recipe for parity with a peer tool
+    parity_output: str | None = None
+    # Optuna search space: name -> spec (used by harness.tune); these keys are not the task
+    search_space: dict[str, Any] = field(default_factory=dict)
+
+
+# MethodConfig keys that are the harness's metadata, never part of the task identity.
+METHOD_METADATA = (
+    "name", "_target_", "_schema_", "editable", "readonly", "hashed_outputs", "parity_output",
+    "search_space", "tol",
+)  # fmt: skip
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset config has; a dataset's schema subclasses this.
+
+    ``ROLE`` (class attribute) is the role of what the loader yields. ``draw(k)`` returns the
+    config of a fresh input of the same kind (the optimization loop times every run on an
+    input it has not seen); the default replaces a ``seed`` field, datasets without one say
+    how they resample by overriding it (or return None: no fresh inputs).
+    """
+
+    ROLE: ClassVar[str] = ""
+
+    name: str = MISSING
+    _target_: str = MISSING
+    _schema_: str = MISSING
+
+    def draw(self, k: int) -> DatasetConfig | None:
+        """A fresh input: this config with its seed replaced by ``k`` (None without a seed)."""
+        if not hasattr(self, "seed"):
+            return None
+        return dataclasses.replace(self, seed=int(k))  # type: ignore[call-arg]
+
+
+@dataclass
+class BenchConfig:
+    warmup: int = field(default=1, metadata=rng(ge=1))  # repeat timing: untimed runs first
+    repeats: int = field(default=3, metadata=rng(ge=1))  # repeat timing: timed runs
+    warmup_steps: int = field(default=5, metadata=rng(ge=1))  # train timing: warm-up steps
+    timeout_s: float = field(default=3600.0, metadata=rng(gt=0))
+    hash_decimals: int = field(default=8, metadata=rng(ge=0, le=15))
+    # auto: compare with the stored baseline, or store this run when there is none
+    baseline: str = field(default="auto", metadata=rng(choices=["auto", "compare", "save", "off"]))
+    seed: int = 0
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = field(default="auto", metadata=rng(choices=["auto", "cpu", "cuda"]))
+    # auto: the method's own default dtype
+    dtype: str = field(default="auto", metadata=rng(choices=["auto", "float32", "float64"]))
+    # autocast precision for methods that support it (null: none)
+    autocast: str | None = field(default=None, metadata=rng(choices=list(AUTOCASTS)))
+    compile: bool = False
+    tf32: bool = False
+    threads: int = field(default=0, metadata=rng(ge=0))  # 0: leave torch's default
+    # regex the CUDA device name must match (None: any)
+    gpu_pattern: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+    cache: str = "${paths.results}/cache"
+    baselines: str = "${paths.results}/baselines"
+    checkpoints: str = "${paths.results}/checkpoints"
+
+
+@dataclass
+class TrackingConfig:
+    mlflow: bool = True
+    # None: sqlite:///<paths.results>/mlflow.db (absolute); MLFLOW_TRACKING_URI wins over None
+    uri: str | None = None
+    experiment: str | None = None  # None: the method name
+
+
+@dataclass
+class CheckpointConfig:
+    """Harness-owned checkpoints of trainers (``train`` timing): tensors and plain values only,
+    under ``<paths.results>/checkpoints``, keyed by task and code version."""
+
+    enabled: bool = False
+    every_epochs: int | None = field(default=1, metadata=rng(ge=1))
+    every_steps: int | None = field(default=None, metadata=rng(ge=1))
+    every_minutes: float | None = field(default=None, metadata=rng(gt=0))
+    keep: bool = False  # keep the final checkpoint after a completed run (posterior-only reuse)
+
+
+@dataclass
+class CorrectnessConfig:
+    accept: list[str] = field(default_factory=lambda: ["exact", "close"])
+
+
+@dataclass
+class RunConfig:
+    description: str = ""
+    status: str = field(default="run", metadata=rng(choices=["run", "baseline", "keep", "discard"]))
+    tag: str = ""
+    output: str | None = None
+
+
+@dataclass
+class LoopConfig:
+    """The keep rule of ``python -m harness.loop``."""
+
+    tag: str = ""
+    description: str = ""
+    # keep only if the candidate's median beats the kept one's by more than min_gain (relative)
+    # and by more than k_iqr x their pooled IQR, measured over `rounds` interleaved A/B runs
+    min_gain: float = field(default=0.01, metadata=rng(ge=0, lt=1))
+    k_iqr: float = field(default=1.5, metadata=rng(ge=0))
+    rounds: int = field(default=9, metadata=rng(ge=3))
+    # the rounds are spread over this many fresh pairs of worker processes (start order
+    # alternating): two processes of the same code can differ by several per cent for their
+    # whole life (memory layout), a bias no number of rounds in one pair averages out.
+    # With pairs > 1 every pair must also show the candidate faster by more than min_gain.
+    pairs: int = field(default=3, metadata=rng(ge=1))
+
+
+@dataclass
+class TuneConfig:
+    """``python -m harness.tune``: an Optuna study over the method's search space."""
+
+    study: str | None = None  # None: <method>-<dataset>-<hardware>
+    storage: str | None = None  # None: sqlite:///<paths.results>/optuna.db
+    n_trials: int = field(default=20, metadata=rng(ge=1))  # the TOTAL, resumed studies included
+    seed: int = 0
+    write: bool = True  # write conf/tuned/<method>/<hardware>.yaml with the best parameters
+
+
+@dataclass
+class CompareConfig:
+    """``python -m harness.compare A B``: interleaved A/B timing of two commits."""
+
+    rounds: int = field(default=9, metadata=rng(ge=2))
+    pairs: int = field(default=3, metadata=rng(ge=1))  # fresh worker pairs (see LoopConfig)
+    # exit 1 when B is slower than A by more than this fraction
+    threshold: float = field(default=0.05, metadata=rng(ge=0))
+
+
+@dataclass
+class Config:
+    method: Any = MISSING
+    dataset: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    correctness: CorrectnessConfig = field(default_factory=CorrectnessConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+_VERDICTS = ("exact", "close", "wrong", "none", "nondeterministic")
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore (``defaults: [base_config]``)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Check range metadata on a dataclass instance (recursively); raise UserError naming the key."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        meta = f.metadata
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+            continue
+        if value is None or not meta:
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            raise UserError(f"config {key}={value!r}: must be one of {list(meta['choices'])}")
+        for op, test, word in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            if op in meta and not test(value, meta[op]):
+                raise UserError(f"config {key}={value!r}: must be {word} {meta[op]}")
+
+
+def check_accept(accept: list[str]) -> None:
+    """``correctness.accept`` may only name verdict tiers."""
+    bad = [a for a in accept if a not in _VERDICTS]
+    if bad:
+        raise UserError(f"config correctness.accept: unknown verdict(s) {bad}; use {_VERDICTS[:3]}")

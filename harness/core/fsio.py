@@ -1,0 +1,84 @@
+"""File primitives used wherever the harness writes: atomic replacement and advisory locks.
+
+``atomic_write`` writes to a temporary file in the target's directory, fsyncs it and renames
+it over the target, so a reader (or a crash) sees the old file or the new one, never half of
+one. ``locked`` holds an exclusive ``flock`` on a file for the duration of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); skipped silently where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[Any]], None] | bytes | str) -> Path:
+    """Replace ``path`` atomically with what ``write`` produces (bytes, text, or a callback
+    that writes to a binary file object). The directory is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(write, str):
+                fh.write(write.encode())
+            elif isinstance(write, bytes):
+                fh.write(write)
+            else:
+                write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout_s: float | None = None) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing); yields the descriptor.
+
+    ``timeout_s=None`` waits as long as it takes; otherwise TimeoutError after that long.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"waited {timeout_s:.0f} s for the lock {path}"
+                        ) from None
+                    time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,1 @@
+"""Reporting: tables and plots over results.tsv (loop progress, sweeps)."""
