@@ -7,7 +7,7 @@ Config schema: ``MethodConfig``, ``DatasetConfig``, ``rng`` (ranges; ``task=Fals
 execution-only key). Errors: ``UserError``. Running: ``Runtime``, ``RunContext``,
 ``RunResult``, ``SeriesPoint``, ``WorkCounter``, ``Checkpoint``. Outputs: ``output_hash``,
 ``to_numpy``, ``host``. Data: ``read_h5ad``, ``counts_matrix``, ``resolve_user_path``,
-``pbmc68k_counts``, ``pbmc68k_path``. Tools for peer/benchmark scripts: ``prepared``.
+``pbmc68k_counts``, ``pbmc68k_path``; files: ``atomic_write``. Tools for peer/benchmark scripts: ``prepared``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ _EXPORTS = {
     "pbmc68k_counts": "harness.data.counts",
     "pbmc68k_path": "harness.data.counts",
     "prepared": "harness.bench.session",
+    "atomic_write": "harness.core.fsio",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,6 @@ hardware.resolve → dataset.load → method.check_inputs → method.prepare (un
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 import traceback
@@ -28,7 +27,7 @@ from harness.bench.protocol import Measurement, measure
 from harness.config import validate
 from harness.config.schema import Config
 from harness.config.taskkey import task_params
-from harness.core.errors import UserError
+from harness.core.errors import UserError, print_error
 from harness.sinks.console import Reporter
 
 
@@ -145,8 +144,8 @@ class Benchmark:
         return Checkpoint(file, ck.every_epochs, ck.every_steps, ck.every_minutes, ck.keep)
 
     def execute(self, data: Any = None) -> Outcome:
-        """Load → prepare → protocol → hash → verdict. Never writes anything (but a
-        checkpoint)."""
+        """Load → prepare → protocol → hash → verdict. Writes no row or MLflow run (only a
+        trainer's checkpoint, and the baseline when there is none and bench.baseline allows)."""
         method, data, state = self.setup(data)
         bench = self.top.bench
         m = measure(
@@ -259,10 +258,7 @@ def run(
             error=f"timeout after {bench.top.bench.timeout_s} s",
         )
         if bench.record(outcome):
-            print(
-                f"error: benchmark exceeded bench.timeout_s={bench.top.bench.timeout_s}",
-                file=sys.stderr,
-            )
+            print_error(f"benchmark exceeded bench.timeout_s={bench.top.bench.timeout_s}")
             os._exit(124)
 
     timer = threading.Timer(bench.top.bench.timeout_s, on_timeout)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.errors import UserError
+from harness.core.errors import UserError, print_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 for w in workers.values():
                     w.close()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     a, b = np.array(res.a), np.array(res.b)
     ratios = b / a  # paired: run i of A and run i of B were taken back to back

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UserError
+from harness.core.fsio import atomic_write
 
 
 @dataclass
@@ -33,9 +32,4 @@ class LoopState:
         return cls(**json.loads(path.read_text()))
 
     def save(self, results: Path) -> None:
-        path = self.path(results, self.tag)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write(self.path(results, self.tag), json.dumps(asdict(self), indent=1))

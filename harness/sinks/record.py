@@ -4,11 +4,11 @@ row — the row always, even when tracking fails."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
+from harness.core.errors import print_error
 from harness.core.fsio import locked
 from harness.sinks.results_tsv import append_row
 
@@ -51,11 +51,10 @@ def write(bench: Benchmark, outcome: Outcome) -> None:
                 outcome.mlflow_run_id = log_mlflow(bench, outcome, uri)
         except Exception as exc:  # the row must not be lost because tracking failed
             outcome.error = outcome.error or f"MLflow logging failed: {exc}"
-            print(
-                f"error: MLflow logging to {uri} failed ({type(exc).__name__}: {exc}); the "
+            print_error(
+                f"MLflow logging to {uri} failed ({type(exc).__name__}: {exc}); the "
                 "results.tsv row is written without an mlflow_run_id. Many concurrent jobs need "
-                "a shared tracking server: tracking.uri=http://<host>:5000",
-                file=sys.stderr,
+                "a shared tracking server: tracking.uri=http://<host>:5000"
             )
     append_row(bench.results / "results.tsv", row(bench, outcome))
 

@@ -20,14 +20,13 @@ Implemented from the equations in ``shared/methods/rctd.md``; no upstream code i
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.api import atomic_write
 from methods.rctd.likelihood import (
     LikelihoodTables,
     build_x_vals,
@@ -120,17 +119,7 @@ def _cache_path(cache_dir: Path, sigma_x100: int, k_val: int) -> Path:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
 
 
 def _try_load(path: Path, k_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
