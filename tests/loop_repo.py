@@ -11,15 +11,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "loop_fixture"
 
-# fast, quiet settings for every loop command
+# fast, quiet settings for every loop command (frozen at start: try takes no overrides)
 TOY = [
     "method=toy",
     "dataset=cells/toy",
     "hardware=cpu",
     "bench.repeats=2",
+    "bench.timeout_s=20",
     "tracking.mlflow=false",
-    "loop.rounds=5",
-    "loop.pairs=1",  # one worker pair per try (tests that need more say so)
+    "loop.rounds=3",
+    "loop.min_pairs=2",
+    "loop.max_pairs=3",
+    "loop.pair_sd=0.005",  # the toy sleeps: its timings are precise
+    "loop.max_slowdown=0.25",  # ... but for scheduling jitter on 30 ms runs under load
 ]
 
 
@@ -30,6 +34,7 @@ class LoopRepo:
         self.root = root
         for name in ("harness", "conf", "methods"):
             shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
         shutil.copytree(FIXTURE, root, dirs_exist_ok=True)
         (root / ".gitignore").write_text("results/\n__pycache__/\n")
         self.git("init", "-q", "-b", "main")
@@ -55,6 +60,14 @@ class LoopRepo:
 
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
+
+    def write(self, rel: str, text: str, message: str) -> str:
+        """Replace a file's text and commit it."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        self.git("add", rel)
+        return self.commit(message)
 
     def set_knob(self, name: str, value: str, message: str) -> str:
         path = self.root / "methods" / "toy" / "knobs.py"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -21,21 +22,24 @@ def repo(tmp_path_factory) -> LoopRepo:
 
 def _compare(repo: LoopRepo, a: str, b: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(repo.root)}
-    cmd = [sys.executable, "-m", "harness.compare", a, b, *TOY[:3], "compare.rounds=3", *extra]
+    args = [*TOY[:3], "compare.rounds=3", "compare.max_pairs=3", "compare.pair_sd=0.005"]
+    cmd = [sys.executable, "-m", "harness.compare", a, b, *args, *extra]
     return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_compare_flags_a_regression_only_one_way(repo):
-    faster = _compare(repo, "HEAD~1", "HEAD", "compare.rounds=4", "compare.pairs=2")
+    faster = _compare(repo, "HEAD~1", "HEAD")
     assert faster.returncode == 0, faster.stderr
-    assert "ratio B/A: 0.6" in faster.stdout and "identical hash" in faster.stdout
-    assert "ratio B/A per worker pair: 0.6" in faster.stdout
-    slower = _compare(repo, "HEAD", "HEAD~1", "compare.pairs=1")
+    assert "speed-up A→B: 1.6" in faster.stdout and "not slower" in faster.stdout
+    agree = re.search(r"identical on (\d+)/(\d+) fresh inputs", faster.stdout)
+    assert agree and agree[1] == agree[2] and int(agree[1]) >= 6  # >= 2 pairs x 3 rounds
+    assert "B/A ratio per worker pair: 0.6" in faster.stdout
+    slower = _compare(repo, "HEAD", "HEAD~1")
     assert slower.returncode == 1 and "REGRESSION" in slower.stdout
 
 
 def test_compare_unknown_revision(repo):
-    proc = _compare(repo, "HEAD", "no-such-rev", "compare.pairs=1")
+    proc = _compare(repo, "HEAD", "no-such-rev")
     assert proc.returncode == 2 and "no-such-rev" in proc.stderr
 
 

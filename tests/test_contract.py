@@ -28,6 +28,8 @@ TINY = {
              "method.sigma_override=100", "bench.repeats=1"],
     "scvi": ["dataset.n_cells=300", "dataset.n_genes=60", "method.max_epochs=2",
              "bench.warmup_steps=2"],
+    "cellbender": ["dataset.n_genes=80", "dataset.cells_per_type=40", "dataset.n_droplets=600",
+                   "method.epochs=2", "bench.warmup_steps=2", "method.posterior_samples=4"],
 }  # fmt: skip
 
 

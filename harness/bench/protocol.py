@@ -147,7 +147,8 @@ def measure(
             ctx = RunContext(warmup=True, max_steps=steps, synchronize=sync)
             seconds, _, res = timed_call(run, runtime, ctx)
             m.warmup_s.append(seconds)
-            m.warmup_hashes.append(digest(res.outputs))
+            # a trainer's warm-up trains a few steps: its outputs are not the task's
+            m.warmup_hashes.append(digest(res.outputs) if timing == "repeat" else "-")
             reporter.run_done("warmup", i + 1, n_warm, seconds, m.warmup_hashes[-1])
         reset_peak_memory(runtime)
         for i in range(n_timed):

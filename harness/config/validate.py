@@ -71,10 +71,10 @@ def top_level(cfg: DictConfig) -> Config:
     check_ranges(obj)
     check_accept(obj.correctness.accept)
     for name, section_cfg in (("loop", obj.loop), ("compare", obj.compare)):
-        if section_cfg.pairs > section_cfg.rounds:
+        if section_cfg.min_pairs > section_cfg.max_pairs:
             raise UserError(
-                f"{name}.pairs={section_cfg.pairs}: more worker pairs than "
-                f"{name}.rounds={section_cfg.rounds}"
+                f"{name}.min_pairs={section_cfg.min_pairs}: more than "
+                f"{name}.max_pairs={section_cfg.max_pairs}"
             )
     return obj
 

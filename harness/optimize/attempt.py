@@ -1,179 +1,408 @@
-"""One loop attempt: surface check → correctness → interleaved timing → keep or revert."""
+"""One loop attempt, judged by the rules frozen at ``start`` — never by the candidate's tree or
+command line:
+
+1. surface: every changed file is in the frozen editable surface (or the tuned-parameters
+   file, setting search-space keys only); every import of an edited file is declared;
+2. correctness, before any timing counts: the candidate on the benchmark input against the
+   loop's baseline, and on the held-out check input against its baseline;
+3. timing and correctness together: worker pairs (a fresh candidate worker, a kept-commit
+   worker), each round on a FRESH input (a dataset seed drawn now, prepared untimed in both),
+   timed from outside in alternating order, and the candidate's outputs must agree with the
+   kept commit's on that input (exact or close, work counters equal) — so a cache, a memo
+   keyed on the input, or a function that is right only on its first calls cannot pass;
+4. the sequential rule (:mod:`harness.optimize.decide`) decides keep / discard;
+5. anything not kept: the diff and the worker logs are saved, the branch reset.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from harness.optimize import gitops
+from harness.bench import baseline as baselines
+from harness.bench.contract import RunResult
+from harness.core.errors import UserError
+from harness.optimize import gitops, surface
+from harness.optimize.decide import Decision, Rule
+from harness.optimize.pairs import Session, describe_pairs, fresh_draw, run_pairs
 from harness.optimize.state import LoopState
-from harness.optimize.workers import (
-    Interleaved,
-    Worker,
-    WorkerFailed,
-    decide,
-    interleave,
-    split_rounds,
+from harness.optimize.workers import Launch, PairLog, Worker, WorkerFailed
+
+SEVERITY = {"exact": 0, "close": 1, "none": 2, "wrong": 3}
+MALLOC_ENV = (
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_THRESHOLD_", "4294967296"),
+    ("MALLOC_TRIM_THRESHOLD_", "4294967296"),
+    ("MALLOC_TOP_PAD_", "268435456"),
 )
+
+
+class KeptFailed(Exception):
+    """The kept commit's worker failed: the candidate was not judged (not its fault)."""
+
+
+def _as_kept(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except WorkerFailed as exc:
+        raise KeptFailed(f"{exc.status}: {exc}") from None
+
+
+class Rejected(Exception):
+    """The candidate failed a check; ``status`` is ``rejected`` (static) or ``discard``."""
+
+    def __init__(self, status: str, reason: str, verdict: str = "") -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.verdict = status, reason, verdict
+
+
+def launch_for(cfg: Any) -> Launch:
+    """Worker launch settings from a LaunchConfig."""
+    import os
+
+    prefix: tuple[str, ...] = ()
+    env: list[tuple[str, str]] = []
+    if cfg.pin:
+        cpu = cfg.cpu if cfg.cpu >= 0 else (os.cpu_count() or 1) - 1
+        prefix += ("taskset", "-c", str(cpu))
+    if cfg.no_aslr:
+        prefix += ("setarch", platform.machine(), "-R")
+    if cfg.malloc:
+        env += list(MALLOC_ENV)
+    if cfg.threads > 0:
+        env += [("OMP_NUM_THREADS", str(cfg.threads)), ("MKL_NUM_THREADS", str(cfg.threads))]
+    return Launch(prefix, tuple(env))
+
+
+def rule_for(cfg: Any, neutral: bool = False) -> Rule:
+    return Rule(
+        min_gain=cfg.min_gain, alpha=cfg.alpha, beta=cfg.beta, min_pairs=cfg.min_pairs,
+        max_pairs=cfg.max_pairs, pair_sd=cfg.pair_sd, max_slowdown=cfg.max_slowdown,
+        neutral=neutral,
+    )  # fmt: skip
+
+
+def clock_for(cfg: Any, device: str) -> str:
+    return "wall" if device == "cuda" else cfg.clock
+
+
+def fresh_fields(dataset: Any, draw: int) -> dict[str, Any]:
+    """The dataset fields that make input number ``draw`` (e.g. ``{"seed": draw}``)."""
+    fresh = dataset.draw(draw)
+    if fresh is None:
+        raise Rejected(
+            "rejected",
+            f"dataset {dataset.name} cannot draw fresh inputs (no seed, no subsample); the loop "
+            "needs a synthetic dataset or one that resamples",
+        )
+    return {
+        f.name: getattr(fresh, f.name)
+        for f in dataclasses.fields(fresh)
+        if getattr(fresh, f.name) != getattr(dataset, f.name)
+    }
+
+
+def tuned_override(repo: Any, commit: str, frozen: dict[str, Any]) -> list[str]:
+    """``+tuned/<method>=<hardware>`` for a commit that holds the loop's tuned file."""
+    if gitops.show(repo, commit, frozen["tuned_file"]) is None:
+        return []
+    return [f"+tuned/{frozen['method']}={frozen['hardware']}"]
 
 
 class Attempt:
     """Judge the committed HEAD of a loop branch against the state's last kept commit."""
 
     def __init__(
-        self,
-        repo: Any,
-        state: LoopState,
-        results: Path,
-        description: str,
-        overrides: list[str],
-        candidate_extra: list[str],
+        self, repo: Any, state: LoopState, description: str, neutral: bool = False
     ) -> None:
+        from harness.bench.runner import Benchmark
         from harness.config.compose import compose_checked
-
-        self.repo, self.state, self.results = repo, state, results
-        self.description, self.overrides = description, overrides
-        self.candidate_extra = candidate_extra
-        self.head = repo.head.commit.hexsha
-        self.cfg, self.valid = compose_checked(overrides + candidate_extra)
-        self.top = self.valid.top
-        self.reason = ""
-        self.speedup: float | None = None
-        self.number = len(state.attempts) + 1
-        self.dir = results / "attempts" / state.tag
-        self.root = Path(repo.working_tree_dir)
-
-    # ---- pieces -------------------------------------------------------------------------
-    def _worker_overrides(self, extra: list[str]) -> list[str]:
-        """The loop's overrides, plus absolute shared paths; workers write nothing."""
-        paths = self.top.paths
-        cwd = Path.cwd()
-        return [
-            *self.overrides,
-            *extra,
-            f"paths.results={self.results}",
-            f"paths.cache={(cwd / paths.cache).resolve()}",
-            f"paths.baselines={(cwd / paths.baselines).resolve()}",
-            "bench.baseline=compare",
-            "tracking.mlflow=false",
-        ]
-
-    def _worker(self, checkout: Path, role: str, pair: int = 0) -> Worker:
-        suffix = f"-{pair + 1}" if pair else ""
-        log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}{suffix}.log"
-        extra = self.candidate_extra if role == "candidate" else []
-        return Worker(checkout, self._worker_overrides(extra), log, self.top.bench.timeout_s)
-
-    def _record(
-        self,
-        status: str,
-        verdict: str,
-        digest: str,
-        inter: Interleaved | None,
-        metrics: dict[str, float],
-        warmup_s: list[float],
-        peak_mb: float,
-    ) -> None:
-        from harness.bench.protocol import Measurement
-        from harness.bench.runner import Benchmark, Outcome
         from harness.sinks.console import Reporter
 
-        self.top.run.tag = self.state.tag
-        self.top.run.description = f"{self.description} | {self.reason}"
-        overrides = self.overrides + self.candidate_extra
-        bench = Benchmark(self.cfg, self.valid, overrides, Reporter(rich=False))
-        m = Measurement(warmup_s=warmup_s, peak_mem_mb=peak_mb)
-        if inter and inter.b:
-            m.elapsed, m.hashes = inter.b, inter.b_hashes
-            m.samples = list(inter.b)
-        bench.record(
-            Outcome(
-                status=status, output_hash=digest, verdict=verdict, measurement=m, metrics=metrics
-            )
+        self.repo, self.state, self.description, self.neutral = repo, state, description, neutral
+        self.head = repo.head.commit.hexsha
+        self.frozen = state.frozen
+        self.results = Path(self.frozen["results"])
+        self.cfg, self.valid = compose_checked(state.overrides)
+        self.bench = Benchmark(
+            self.cfg, self.valid, state.overrides, Reporter(stream=sys.stderr, rich=False)
         )
+        self.method = self.bench.build()  # read-only compare/quality, from the judge's tree
+        self.loop = self.valid.top.loop
+        self.rule = rule_for(self.loop, neutral)
+        self.clock = clock_for(self.loop, self.bench.runtime.device.type)
+        self.launch = launch_for(self.loop.launch)
+        self.number = len(state.attempts) + 1
+        self.dir = self.results / "attempts" / state.tag
+        self.root = Path(repo.working_tree_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f".try-{self.number:03d}-", dir=self.dir))
+        self.verdict = "exact"
+        self.details: dict[str, Any] = {"draws": []}
+        self.candidate_outputs: RunResult | None = None
+        self.decision: Decision | None = None
+        self.session = Session()
+        self.reason = ""
+        self.status = ""
 
-    def _revert(self, status: str, logs: list[Path]) -> None:
-        patch = self.dir / f"{self.number:03d}-{self.head[:8]}-{status}.patch"
+    # ---- static checks (no candidate code runs) ----------------------------------------
+    def check_static(self) -> None:
+        frozen = self.frozen
+        files = gitops.changed_files(self.repo, self.state.kept, self.head)
+        tuned = frozen.get("tuned_file")
+        outside = surface.outside_surface(files, frozen["editable"], tuned)
+        if outside:
+            shown = ", ".join(outside[:5])
+            raise Rejected(
+                "rejected", f"touches files outside the frozen editable surface: {shown}"
+            )
+        if tuned in files:
+            text = gitops.show(self.repo, self.head, tuned) or ""
+            why = surface.tuned_violation(text, frozen["search_space"])
+            if why:
+                raise Rejected("rejected", f"{tuned}: {why}")
+        for path in files:
+            if not path.endswith(".py"):
+                continue
+            text = gitops.show(self.repo, self.head, path)
+            if text is None:
+                continue
+            try:
+                bad = surface.import_violations(text, frozen["declared_imports"])
+            except SyntaxError as exc:
+                raise Rejected("rejected", f"{path}: does not parse ({exc.msg})") from None
+            if bad:
+                raise Rejected("rejected", f"{path} imports {bad[0]}")
+
+    # ---- workers -----------------------------------------------------------------------
+    def _overrides(self, commit: str) -> list[str]:
+        paths = self.valid.top.paths
+        cwd = Path.cwd()
+        extra = [
+            f"paths.results={self.results}",
+            f"paths.cache={(cwd / paths.cache).resolve()}",
+            "bench.baseline=off",
+            "tracking.mlflow=false",
+            "checkpoint.enabled=false",
+        ]
+        if self.loop.launch.threads > 0:
+            extra.append(f"hardware.threads={self.loop.launch.threads}")
+        return [*self.state.overrides, *extra, *tuned_override(self.repo, commit, self.frozen)]
+
+    def _worker(self, checkout: Path, role: str, pair: int) -> Worker:
+        commit = self.head if role == "candidate" else self.state.kept
+        log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}-{pair + 1}.log"
+        overrides = self._overrides(commit)
+        return Worker(checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch)
+
+    def _kept_tree(self) -> Path:
+        tree = self.results / "worktrees" / f"{self.state.tag}-kept"
+        return gitops.worktree_at(self.repo, tree, self.state.kept)
+
+    def _kept_workers(self, tree: Path) -> tuple[Any, Any, Any]:
+        """(start, release, client) for the kept side: warm workers from the loop's keeper
+        (``loop.warm_kept``), or fresh ones closed after each pair."""
+        if not self.loop.warm_kept:
+            return (lambda p: _as_kept(self._worker, tree, "kept", p)), (lambda w: w.close()), None
+        from harness.optimize.keeper import KeeperClient, RemoteWorker
+
+        spec = {
+            "kept": self.state.kept,
+            "tree": str(tree),
+            "overrides": self._overrides(self.state.kept),
+            "prefix": list(self.launch.prefix),
+            "env": [list(e) for e in self.launch.env],
+            "timeout_s": self.bench.top.bench.timeout_s,
+            "logs": str(self.dir),
+        }
+        client = KeeperClient(self.state.dir / "keeper.sock", spec)
+        return (lambda p: _as_kept(RemoteWorker, client, p)), (lambda w: None), client
+
+    # ---- correctness -------------------------------------------------------------------
+    def _saved(self, worker: Worker, name: str) -> baselines.Baseline:
+        path = self.scratch / f"{name}.npz"
+        worker.request("save", path=str(path))
+        loaded = baselines.load(path)
+        assert loaded is not None
+        return loaded
+
+    def _judge(self, got: baselines.Baseline, reference: baselines.Baseline, where: str) -> None:
+        result = RunResult(outputs=got.outputs, work=got.work)
+        verdict, metrics = baselines.verdict(
+            got.output_hash, result, reference, self.method.compare
+        )
+        if SEVERITY.get(verdict, 3) > SEVERITY[self.verdict]:
+            self.verdict = verdict
+        if verdict not in self.frozen["accept"]:
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in list(metrics.items())[:4])
+            raise Rejected(
+                "discard",
+                f"{where}: verdict {verdict} not in {self.frozen['accept']}"
+                + (f" ({shown})" if shown else ""),
+                verdict,
+            )
+
+    def gates(self, cand: Worker) -> None:
+        """The candidate on the benchmark input and on the held-out check input."""
+        cand.request("time")
+        got = self._saved(cand, "benchmark")
+        reference = baselines.load(self.state.baseline_path)
+        assert reference is not None
+        self._judge(got, reference, "benchmark input vs the loop's baseline")
+        self.candidate_outputs = RunResult(outputs=got.outputs, work=got.work)
+        self.details["output_hash"] = got.output_hash
+        t0 = time.monotonic()
+        cand.request("input", fields=self.frozen["check_fields"])
+        self.session.inputs_s += time.monotonic() - t0
+        cand.request("time")
+        check = baselines.load(self.state.check_path)
+        assert check is not None
+        self._judge(self._saved(cand, "check"), check, "held-out check input")
+
+    def play(self, p: int, kept: Worker, cand: Worker, session: Session) -> PairLog:
+        if p == 0:
+            self.gates(cand)
+        log = PairLog()
+        for r in range(self.loop.rounds):
+            draw = fresh_draw()
+            self.details["draws"].append(draw)
+            fields = fresh_fields(self.valid.dataset, draw)
+            t0 = time.monotonic()
+            _as_kept(kept.request, "input", fields=fields)
+            cand.request("input", fields=fields)
+            session.inputs_s += time.monotonic() - t0
+            t0 = time.monotonic()
+            if (p + r) % 2 == 0:
+                log.kept.append(_as_kept(kept.timed))
+                log.candidate.append(cand.timed())
+            else:
+                log.candidate.append(cand.timed())
+                log.kept.append(_as_kept(kept.timed))
+            session.runs_s += time.monotonic() - t0
+            ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
+            self._judge(
+                self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
+            )
+        return log
+
+    # ---- the decision ------------------------------------------------------------------
+    def run(self) -> str:
+        """Judge the candidate; returns the status (keep, keep-neutral, discard, rejected,
+        crash, timeout)."""
+        status = "discard"
+        try:
+            self.check_static()
+            tree = self._kept_tree()
+            start_kept, release_kept, client = self._kept_workers(tree)
+            try:
+                decision, _ = run_pairs(
+                    start_kept,
+                    lambda p: self._worker(self.root, "candidate", p),
+                    self.play,
+                    self.rule,
+                    self.clock,
+                    self.loop.max_seconds,
+                    release_ref=release_kept,
+                    session=self.session,
+                )
+            finally:
+                if client is not None:
+                    client.close()
+            self.decision = decision
+            self.reason = decision.reason
+            if decision.action == "keep":
+                status = "keep-neutral" if self.neutral else "keep"
+        except Rejected as exc:
+            status, self.reason = exc.status, exc.reason
+            if exc.verdict:
+                self.verdict = exc.verdict
+        except KeptFailed as exc:
+            raise UserError(
+                f"loop try: the kept commit's worker failed ({exc}); the candidate was not judged "
+                f"and stays at HEAD; logs in {self.dir}"
+            ) from None
+        except WorkerFailed as exc:
+            status = "timeout" if exc.status == "timeout" else "crash"
+            self.reason = f"{exc.status}: {exc}; log in {self.dir.name}/"
+        self.details.update(describe_pairs(self.session, self.clock))
+        if status in ("keep", "keep-neutral") and self.neutral and self.verdict != "exact":
+            status, self.reason = "discard", f"--neutral needs verdict exact, got {self.verdict}"
+        self.status = status
+        self._record()
+        if status not in ("keep", "keep-neutral"):
+            self._revert()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        return status
+
+    def summary(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "n": self.number,
+            "commit": self.head,
+            "status": self.status,
+            "verdict": self.verdict if self.status not in ("rejected", "crash", "timeout") else "",
+            "description": self.description,
+            "reason": self.reason,
+            "gain": d.gain if d else None,
+            "gain_lo": d.gain_lo if d else None,
+            "gain_hi": d.gain_hi if d else None,
+            "speedup": d.speedup if d else None,
+            "pairs": len(self.session.pairs),
+            "rounds": self.details.get("rounds", 0),
+            "seconds": round(self.session.seconds, 1),
+            "time": self.session.breakdown(),
+            "draws": self.details["draws"],
+        }
+
+    def _record(self) -> None:
+        from harness.bench.protocol import Measurement
+        from harness.bench.runner import Outcome
+
+        top = self.bench.top
+        top.run.tag = self.state.tag
+        top.run.description = f"{self.description} | {self.reason}"
+        clock = self.clock
+        cand = [t.value(clock) for p in self.session.pairs for t in p.candidate]
+        m = Measurement(timing=self.bench.spec.TIMING, elapsed=cand, samples=list(cand))
+        metrics: dict[str, float] = {}
+        d = self.decision
+        if d is not None:
+            metrics.update(
+                gain=d.gain, gain_lo=d.gain_lo, gain_hi=d.gain_hi, speedup=d.speedup,
+                pairs=float(len(self.session.pairs)), decision_s=self.session.seconds,
+            )  # fmt: skip
+            kept = [t.value(clock) for p in self.session.pairs for t in p.kept]
+            metrics["kept_median_s"] = sorted(kept)[len(kept) // 2]
+        if self.candidate_outputs is not None:
+            try:
+                data = self.bench.load()
+                metrics.update(self.method.quality(self.candidate_outputs, data))
+            except Exception as exc:  # quality is a report, never a reason to lose the row
+                metrics["quality_error"] = 1.0
+                print(
+                    f"loop: quality metrics failed ({type(exc).__name__}: {exc})", file=sys.stderr
+                )
+        metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+        hashes = {"crash": "CRASH", "timeout": "TIMEOUT"}
+        outcome = Outcome(
+            status=self.status,
+            output_hash=hashes.get(self.status, self.details.get("output_hash", "")),
+            verdict=self.verdict if self.status not in ("rejected", "crash", "timeout") else "",
+            measurement=m,
+            metrics=metrics,
+        )
+        self.bench.overrides = list(self.state.overrides)
+        self.bench.record(outcome)
+
+    def _revert(self) -> None:
+        patch = self.dir / f"{self.number:03d}-{self.head[:8]}-{self.status}.patch"
         gitops.save_patch(self.repo, self.state.kept, self.head, patch)
         gitops.reset_to(self.repo, self.state.kept)
-        print(
-            f"saved {patch.relative_to(self.results.parent)}; branch reset to {self.state.kept[:12]}"
-        )
-
-    # ---- the decision -------------------------------------------------------------------
-    def run(self) -> str:
-        # tuned-parameter files of this method are fair game too (harness.tune commits them)
-        editable = [*self.valid.method.editable, f"conf/tuned/{self.valid.method.name}/*"]
-        outside = gitops.outside_surface(gitops.changed_files(self.repo, self.state.kept), editable)
-        if outside:
-            self.reason = f"touches files outside the editable surface: {', '.join(outside[:5])}"
-            self._record("discard", "", "", None, {}, [], 0.0)
-            self._revert("discard", [])
-            return "discard"
-        candidate = kept = None
-        inter = Interleaved()
-        try:
-            candidate = self._worker(self.root, "candidate")
-            warmup_s = candidate.ready["warmup_s"]
-            first = candidate.request("run")
-            judged = candidate.request("judge")
-            verdict, digest = judged["verdict"], first["hash"]
-            metrics = {f"candidate_{k}": v for k, v in judged["metrics"].items()}
-            if verdict not in self.top.correctness.accept:
-                self.reason = (
-                    f"verdict {verdict} not in correctness.accept {self.top.correctness.accept}"
-                )
-                inter.b, inter.b_hashes = [first["elapsed"]], [digest]
-                self._record(
-                    "discard",
-                    verdict,
-                    digest,
-                    inter,
-                    metrics,
-                    candidate.ready["warmup_s"],
-                    judged["peak_mem_mb"],
-                )
-                self._revert("discard", [])
-                return "discard"
-            worktree = self.results / "worktrees" / f"{self.state.tag}-kept"
-            gitops.worktree_at(self.repo, worktree, self.state.kept)
-            kept = self._worker(worktree, "kept")
-            loop = self.top.loop
-            for pair, rounds in enumerate(split_rounds(loop.rounds, loop.pairs)):
-                if pair:  # a fresh pair of processes; who starts first alternates
-                    for w in (candidate, kept):
-                        w.close()
-                    candidate = kept = None
-                    if pair % 2:
-                        kept = self._worker(worktree, "kept", pair)
-                    candidate = self._worker(self.root, "candidate", pair)
-                    kept = kept or self._worker(worktree, "kept", pair)
-                interleave(kept, candidate, rounds, inter)
-        except WorkerFailed as exc:
-            self.reason = f"{exc.status}: {exc}; log in {self.dir.name}/"
-            status = "timeout" if exc.status == "timeout" else "crash"
-            self._record(status, "", status.upper(), inter, {}, [], 0.0)
-            self._revert(status, [])
-            return status
-        finally:
-            for w in (candidate, kept):
-                if w is not None:
-                    w.close()
-        d = decide(inter.a, inter.b, self.top.loop.min_gain, self.top.loop.k_iqr, inter.groups)
-        self.reason, self.speedup = d.reason, d.speedup
-        metrics.update(
-            speedup=d.speedup, gain=d.gain, needed_gain=d.needed, kept_median_s=d.median_a
-        )
-        status = "keep" if d.keep else "discard"
-        self._record(
-            status,
-            verdict,
-            digest,
-            inter,
-            metrics,
-            warmup_s,
-            judged["peak_mem_mb"],
-        )
-        if not d.keep:
-            self._revert("discard", [])
-        return status
+        print(f"saved {patch}; branch reset to {self.state.kept[:12]}", flush=True)

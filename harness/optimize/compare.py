@@ -1,98 +1,143 @@
-"""``python -m harness.compare REV_A REV_B [overrides]``: A/B timing of two commits.
+"""``python -m harness.compare REV_A REV_B [overrides | tag=T]``: A/B timing of two commits.
 
-Both commits are checked out as git worktrees and benchmarked by long-lived workers whose runs
-alternate (A B B A ...) on this machine, so drift and noise hit both alike; the rounds are spread
-over ``compare.pairs`` fresh worker pairs (start order alternating), because one process can be
-several per cent slower than another running the same code for its whole life. Prints each
-side's median and IQR, the paired ratio B/A with its spread, and whether the outputs are
-identical. Exits 1 when B is slower than A by more than ``compare.threshold`` (a CI gate).
+Both commits are checked out as git worktrees and measured by the same worker-pair loop and
+sequential rule as ``loop try`` (:mod:`harness.optimize.pairs`): fresh worker pairs started in
+alternating order, rounds timed from outside in alternating order — on fresh inputs when both
+commits' workers speak protocol 2 (and then their outputs are compared round by round), else
+repeated runs on the benchmark input — until the interval of B's speed-up is decided or the
+budget (``compare.max_pairs``, ``compare.max_seconds``) is spent. Prints the speed-up A→B with
+its interval, the per-pair ratios and whether the outputs agree; exits 1 when B is credibly
+slower than A by more than ``compare.threshold`` (a CI gate). ``tag=T`` reuses loop T's
+frozen overrides.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from harness.core.errors import UserError, print_error
 
 
-def main(argv: list[str] | None = None) -> int:
-    from harness.bench.protocol import iqr
+def _overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    revs = [a for a in argv if "=" not in a]
+    overrides = [a for a in argv if "=" in a]
+    if len(revs) != 2:
+        raise UserError("usage: python -m harness.compare REV_A REV_B [overrides... | tag=T]")
+    tags = [o for o in overrides if o.startswith("tag=")]
+    if tags:
+        from harness.optimize import gitops
+        from harness.optimize.state import LoopState
+
+        tag = tags[-1].split("=", 1)[1]
+        state = LoopState.load(gitops.git_dir(gitops.repo_at(Path.cwd())), tag)
+        overrides = [*state.overrides, *(o for o in overrides if not o.startswith("tag="))]
+    return revs, overrides
+
+
+def run(argv: list[str]) -> int:
     from harness.config.compose import compose_checked
     from harness.optimize import gitops
-    from harness.optimize.workers import (
-        Interleaved,
-        Worker,
-        WorkerFailed,
-        interleave,
-        pair_slices,
-        split_rounds,
-    )
+    from harness.optimize.attempt import clock_for, fresh_fields, launch_for, rule_for
+    from harness.optimize.pairs import Session, fresh_draw, run_pairs, timed_round
+    from harness.optimize.workers import PairLog, Worker, WorkerFailed
 
-    argv = sys.argv[1:] if argv is None else argv
+    revs, overrides = _overrides(argv)
+    cfg, valid = compose_checked(overrides)
+    repo = gitops.repo_at(Path.cwd())
+    shas = []
+    for rev in revs:
+        try:
+            shas.append(repo.commit(rev).hexsha)
+        except Exception:
+            raise UserError(f"compare: unknown revision '{rev}'") from None
+    top = valid.top
+    results = (Path.cwd() / top.paths.results).resolve()
+    cache = (Path.cwd() / top.paths.cache).resolve()
+    common = [*overrides, f"paths.results={results}", f"paths.cache={cache}"]
+    common += ["bench.baseline=off", "tracking.mlflow=false"]
+    if top.compare.launch.threads > 0:
+        common.append(f"hardware.threads={top.compare.launch.threads}")
+    trees = [
+        gitops.worktree_at(repo, results / "worktrees" / f"compare-{side}", sha)
+        for side, sha in zip("ab", shas, strict=True)
+    ]
+    for side, sha, rev in zip("AB", shas, revs, strict=True):
+        print(f"{side} = {rev} ({sha[:12]})", flush=True)
+    cmp = top.compare
+    rule = rule_for(cmp, neutral=True)
+    rule = type(rule)(**{**rule.__dict__, "max_slowdown": cmp.threshold})
+    clock = clock_for(cmp, "cuda" if "cuda" in str(top.hardware.device) else "cpu")
+    launch = launch_for(cmp.launch)
+    logs = results / "compare"
+    scratch = results / "compare" / "outputs"
+    agreement: dict[str, Any] = {"same": 0, "rounds": 0, "hashes": set()}
+
+    def start(side: int) -> Any:
+        def make(p: int) -> Worker:
+            log = logs / f"{'ab'[side]}-{shas[side][:8]}-{p + 1}.log"
+            return Worker(trees[side], common, log, top.bench.timeout_s, launch)
+
+        return make
+
+    def play(p: int, a: Worker, b: Worker, session: Session) -> PairLog:
+        log = PairLog()
+        fresh = a.protocol >= 2 and b.protocol >= 2 and valid.dataset.draw(1) is not None
+        for r in range(cmp.rounds):
+            if fresh:
+                fields = fresh_fields(valid.dataset, fresh_draw())
+                t0 = time.monotonic()
+                for w in (a, b):
+                    w.request("input", fields=fields)
+                session.inputs_s += time.monotonic() - t0
+            op = "time" if fresh else "run"
+            a_first = (p + r) % 2 == 0
+            x, y = timed_round(a, b, op, session) if a_first else timed_round(b, a, op, session)
+            log.kept.append(x if a_first else y)
+            log.candidate.append(y if a_first else x)
+            if fresh:
+                paths = [scratch / f"{s}.npz" for s in "ab"]
+                digests = [
+                    w.request("save", path=str(q))["hash"]
+                    for w, q in zip((a, b), paths, strict=True)
+                ]
+                agreement["rounds"] += 1
+                agreement["same"] += digests[0] == digests[1]
+                agreement["hashes"].update(digests)
+        return log
+
     try:
-        revs = [a for a in argv if "=" not in a]
-        overrides = [a for a in argv if "=" in a]
-        if len(revs) != 2:
-            raise UserError("usage: python -m harness.compare REV_A REV_B [overrides...]")
-        cfg, valid = compose_checked(overrides)
-        repo = gitops.repo_at(Path.cwd())
-        shas = []
-        for rev in revs:
-            try:
-                shas.append(repo.commit(rev).hexsha)
-            except Exception:
-                raise UserError(f"compare: unknown revision '{rev}'") from None
-        results = (Path.cwd() / valid.top.paths.results).resolve()
-        cache = (Path.cwd() / valid.top.paths.cache).resolve()
-        common = [*overrides, f"paths.results={results}", f"paths.cache={cache}"]
-        common += ["bench.baseline=off", "tracking.mlflow=false"]
-        trees = [
-            gitops.worktree_at(repo, results / "worktrees" / f"compare-{side}", sha)
-            for side, sha in zip("ab", shas, strict=True)
-        ]
-        for side, sha in zip("AB", shas, strict=True):
-            print(f"{side} = {revs['AB'.index(side)]} ({sha[:12]})", flush=True)
-        res = Interleaved()
-        cmp = valid.top.compare
-        for pair, rounds in enumerate(split_rounds(cmp.rounds, cmp.pairs)):
-            print(f"worker pair {pair + 1}/{cmp.pairs}: {rounds} rounds", flush=True)
-            order = [0, 1] if pair % 2 == 0 else [1, 0]  # who starts first alternates
-            workers: dict[int, Worker] = {}
-            try:
-                for i in order:
-                    log = results / "compare" / f"{'ab'[i]}-{shas[i][:8]}-{pair + 1}.log"
-                    workers[i] = Worker(trees[i], common, log, valid.top.bench.timeout_s)
-                interleave(workers[0], workers[1], rounds, res)
-            except WorkerFailed as exc:
-                raise UserError(
-                    f"compare: a worker failed ({exc.status}: {exc}); see {results / 'compare'}"
-                ) from None
-            finally:
-                for w in workers.values():
-                    w.close()
-    except UserError as exc:
-        print_error(exc)
-        return 2
-    a, b = np.array(res.a), np.array(res.b)
-    ratios = b / a  # paired: run i of A and run i of B were taken back to back
-    med, lo, hi = np.median(ratios), np.percentile(ratios, 25), np.percentile(ratios, 75)
-    same = set(res.a_hashes) == set(res.b_hashes) and len(set(res.a_hashes)) == 1
-    print(f"A {revs[0]:>14}: median {np.median(a):.4f} s  IQR {iqr(res.a):.4f}  n {len(a)}")
-    print(f"B {revs[1]:>14}: median {np.median(b):.4f} s  IQR {iqr(res.b):.4f}  n {len(b)}")
-    print(f"ratio B/A: {med:.3f}  (paired IQR {lo:.3f} - {hi:.3f}); speedup A/B {1 / med:.3f}x")
-    if len(res.groups) > 1:
-        per_pair = [float(np.median(ratios[s])) for s in pair_slices(res.groups)]
-        print("ratio B/A per worker pair: " + "  ".join(f"{r:.3f}" for r in per_pair))
-    print(f"outputs: {'identical hash ' + res.a_hashes[0] if same else 'DIFFER'}")
-    threshold = valid.top.compare.threshold
-    if med > 1 + threshold:
-        print(f"REGRESSION: B is {med - 1:.1%} slower than A (threshold {threshold:.0%})")
+        decision, session = run_pairs(start(0), start(1), play, rule, clock, cmp.max_seconds)
+    except WorkerFailed as exc:
+        raise UserError(f"compare: a worker failed ({exc.status}: {exc}); see {logs}") from None
+    ratios = [p.mean_log_ratio(clock) for p in session.pairs]
+    speed = decision.speedup
+    lo = 1 / (1 - decision.gain_lo) if decision.gain_lo < 1 else float("inf")
+    hi = 1 / (1 - decision.gain_hi) if decision.gain_hi < 1 else float("inf")
+    print(
+        f"speed-up A→B: {speed:.3f}x  [{lo:.3f}, {hi:.3f}]  ({clock} clock, "
+        f"{len(session.pairs)} worker pairs × {cmp.rounds} rounds, {session.breakdown()})"
+    )
+    print("B/A ratio per worker pair: " + "  ".join(f"{math.exp(d):.3f}" for d in ratios))
+    if agreement["rounds"]:
+        print(
+            f"outputs: identical on {agreement['same']}/{agreement['rounds']} fresh inputs"
+            + ("" if agreement["same"] == agreement["rounds"] else " (hashes DIFFER)")
+        )
+    if decision.stop == "futile":
+        print(f"REGRESSION: B is credibly slower than A by more than {cmp.threshold:.0%}")
         return 1
+    verdict = "not slower" if decision.action == "keep" else "inconclusive"
+    print(f"B vs A (threshold {cmp.threshold:.0%}): {verdict}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print_error(exc)
+        return 2

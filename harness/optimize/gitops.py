@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 
 from harness.core.errors import UserError
@@ -33,11 +32,6 @@ def changed_files(repo, base: str, head: str = "HEAD") -> list[str]:
     return sorted({line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line})
 
 
-def outside_surface(files: list[str], editable: list[str]) -> list[str]:
-    """Files not matched by any editable pattern (exact paths or fnmatch globs)."""
-    return [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in editable)]
-
-
 def save_patch(repo, base: str, head: str, path: Path) -> Path:
     """Save commits ``base..head`` as a mailbox patch (``git am`` can re-apply it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,3 +54,18 @@ def worktree_at(repo, path: Path, commit: str) -> Path:
         repo.git.worktree("prune")
         repo.git.worktree("add", "--quiet", "--detach", str(path), commit)
     return path
+
+
+def git_dir(repo) -> Path:
+    """The repository's common git directory (shared by its worktrees)."""
+    return Path(repo.common_dir).resolve()
+
+
+def show(repo, commit: str, path: str) -> str | None:
+    """The text of ``path`` at ``commit`` (None when it does not exist there)."""
+    import git
+
+    try:
+        return repo.git.show(f"{commit}:{path}")
+    except git.GitCommandError:
+        return None

@@ -1,54 +1,62 @@
-"""``python -m harness.loop``: the git keep/discard loop with a noise-aware keep rule.
+"""``python -m harness.loop``: the git keep/discard loop, judged by rules frozen at start.
 
-    python -m harness.loop start tag=nov22 [overrides...]   # branch autoresearch/nov22 + baseline
-    python -m harness.loop try -d "fuse spline lookup"      # bench HEAD; keep it or revert it
-    python -m harness.loop status [tag=nov22]
+    python -m harness.loop start tag=nov22 [overrides...]   # branch autoresearch/nov22 + baselines
+    python -m harness.loop try -d "fuse spline lookup" [--neutral]
+    python -m harness.loop status [tag=nov22] [--measure]
 
-``try`` benchmarks the committed HEAD against the last kept commit: correctness first (the
-verdict against the baseline must be in ``correctness.accept``), then speed, measured by
-interleaving runs of both commits in two long-lived workers (A B B A ...). Anything not kept is
-saved to ``results/attempts/<tag>/`` as a patch and the branch is reset to the kept commit.
+``start`` freezes everything that defines the task and the judgement (see
+:mod:`harness.optimize.state`), stores the loop's own baselines (the benchmark input and a
+held-out check input), and keeps a worktree of the start commit: every ``try`` re-executes
+itself from that worktree, so the judge's code is the start commit's, never the candidate's.
+``try`` takes only ``-d``, ``tag=`` and ``--neutral``: anything else would change the task or
+the gate, and is refused (and the candidate with it).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from harness.core.errors import UserError, report_user_errors
-from harness.optimize.state import LoopState
 
 BRANCH_PREFIX = "autoresearch/"
-USAGE = "usage: python -m harness.loop {start|try|status} [tag=T] [-d DESCRIPTION] [overrides...]"
+USAGE = (
+    "usage: python -m harness.loop start tag=T [overrides...] | try -d DESCRIPTION [tag=T] "
+    "[--neutral] | status [tag=T] [--measure]"
+)
+_JUDGE_ENV = "HARNESS_LOOP_JUDGE"
 
 
-def parse_args(argv: list[str]) -> tuple[str, dict[str, str], list[str]]:
-    """Split argv into the subcommand, loop options (tag, description) and Hydra overrides."""
+def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
+    """Split argv into the subcommand, loop options and (for start) Hydra overrides."""
     if not argv or argv[0] not in ("start", "try", "status"):
         raise UserError(USAGE)
-    command, opts, overrides = argv[0], {}, []
-    rest = iter(argv[1:])
-    for arg in rest:
+    command, opts, rest = argv[0], {}, []
+    args = iter(argv[1:])
+    for arg in args:
         if arg in ("-d", "--description"):
-            opts["description"] = next(rest, "")
+            opts["description"] = next(args, "")
         elif arg.startswith(("tag=", "description=")):
             key, value = arg.split("=", 1)
             opts[key] = value
+        elif arg in ("--neutral", "--measure"):
+            opts[arg.lstrip("-")] = True
         else:
-            overrides.append(arg)
-    return command, opts, overrides
+            rest.append(arg)
+    return command, opts, rest
 
 
-def _results_dir(overrides: list[str]) -> Path:
-    from harness.config.compose import compose_checked
+def _repo() -> Any:
+    from harness.optimize import gitops
 
-    cfg, valid = compose_checked(overrides)
-    return (Path.cwd() / valid.top.paths.results).resolve()
+    return gitops.repo_at(Path.cwd())
 
 
-def _tag_from_branch(repo) -> str:
+def _tag_from_branch(repo: Any) -> str:
     branch = repo.active_branch.name if not repo.head.is_detached else ""
     if not branch.startswith(BRANCH_PREFIX):
         raise UserError(
@@ -57,111 +65,149 @@ def _tag_from_branch(repo) -> str:
     return branch.removeprefix(BRANCH_PREFIX)
 
 
+# ---- start ----------------------------------------------------------------------------------
 def start(tag: str, overrides: list[str]) -> None:
-    """Create ``autoresearch/<tag>`` from a clean HEAD and benchmark the baseline."""
+    """Create ``autoresearch/<tag>``, store the loop's baselines, freeze the rules."""
     from harness.optimize import gitops
+    from harness.optimize.setup import freeze
 
     if not tag or "/" in tag or " " in tag:
         raise UserError("loop start: tag=<name> is required (no spaces or slashes)")
-    repo = gitops.repo_at(Path.cwd())
+    repo = _repo()
     gitops.require_clean(repo)
-    results = _results_dir(overrides)  # validates the overrides before touching git
     branch = BRANCH_PREFIX + tag
     if branch in [h.name for h in repo.heads]:
         raise UserError(f"loop start: branch {branch} already exists; choose another tag")
-    if LoopState.path(results, tag).exists():
-        raise UserError(f"loop start: {LoopState.path(results, tag)} exists; choose another tag")
-    previous = repo.active_branch.name if not repo.head.is_detached else repo.head.commit.hexsha
-    repo.git.checkout("-b", branch)
-    cmd = [sys.executable, "-m", "harness", *overrides, "bench.baseline=save"]
-    cmd += ["run.status=baseline", f"run.tag={tag}", "run.description=loop baseline"]
-    print(f"loop {tag}: baseline on {branch} @ {repo.head.commit.hexsha[:12]}", flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        repo.git.checkout(previous)
-        repo.git.branch("-D", branch)
-        raise UserError(f"loop start: the baseline benchmark failed; {branch} removed")
-    head = repo.head.commit.hexsha
-    LoopState(tag=tag, branch=branch, base=head, kept=head, overrides=overrides).save(results)
-    print(f"loop {tag}: started; commit one change, then: python -m harness.loop try -d '...'")
+    from harness.optimize.state import LoopState
+
+    if LoopState.locator(gitops.git_dir(repo), tag).exists():
+        raise UserError(
+            f"loop start: a loop tagged {tag} was started here before; choose another tag"
+        )
+    freeze(repo, tag, branch, overrides)
+
+
+# ---- try ------------------------------------------------------------------------------------
+def _as_judge(argv: list[str], judge_tree: Path) -> None:
+    """Re-execute this command from the judge's worktree (the start commit's code)."""
+    env = {**os.environ, "PYTHONPATH": str(judge_tree), _JUDGE_ENV: str(judge_tree)}
+    code = subprocess.call([sys.executable, "-m", "harness.optimize.loop", *argv], env=env)
+    raise SystemExit(code)
 
 
 def try_head(
-    tag: str | None, description: str, extra: list[str], candidate_extra: list[str] | None = None
+    tag: str | None, description: str, rest: list[str], neutral: bool = False, argv: list[str] = ()
 ) -> str:
-    """Judge the committed HEAD; returns the status (keep, discard, crash, timeout).
-
-    ``candidate_extra`` are overrides for the candidate only (e.g. a new tuned-parameters
-    file); when it is kept they join the loop's overrides.
-    """
+    """Judge the committed HEAD; returns the status."""
     from harness.optimize import gitops
-    from harness.optimize.attempt import Attempt
+    from harness.optimize.state import LoopState
 
-    repo = gitops.repo_at(Path.cwd())
+    repo = _repo()
     tag = tag or _tag_from_branch(repo)
-    if not description:
-        raise UserError('loop try: describe the change in one line: -d "..."')
-    results = _results_dir(extra)
-    state = LoopState.load(results, tag)
+    state = LoopState.load(gitops.git_dir(repo), tag)
+    judge_tree = Path(state.frozen["judge_tree"])
+    here = Path(__file__).resolve().parents[2]
+    if argv and here != judge_tree.resolve() and os.environ.get(_JUDGE_ENV) != str(judge_tree):
+        _as_judge(list(argv), judge_tree)
     if repo.head.is_detached or repo.active_branch.name != state.branch:
         raise UserError(f"loop try: check out {state.branch} first")
     gitops.require_clean(repo)
     head = repo.head.commit.hexsha
     if head == state.kept:
         raise UserError("loop try: HEAD is the last kept commit; commit your change first")
-    attempt = Attempt(
-        repo, state, results, description, state.overrides + extra, candidate_extra or []
-    )
+    if not description:
+        raise UserError('loop try: describe the change in one line: -d "..."')
+    if rest:
+        _refuse(repo, state, description, rest)
+    from harness.optimize.attempt import Attempt
+
+    attempt = Attempt(repo, state, description, neutral=neutral)
     status = attempt.run()
-    state.attempts.append(
-        {
-            "n": len(state.attempts) + 1,
-            "commit": head,
-            "status": status,
-            "description": description,
-            "reason": attempt.reason,
-            "speedup": attempt.speedup,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
-    if status == "keep":
+    entry = attempt.summary()
+    entry["time_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    state.attempts.append(entry)
+    if status in ("keep", "keep-neutral"):
         state.kept = head
-        state.overrides += [o for o in candidate_extra or [] if o not in state.overrides]
-    state.save(results)
-    print(f"loop {tag}: {status.upper()} {head[:12]} - {attempt.reason}", flush=True)
+    state.save()
+    line = f"loop {tag}: {status.upper()} {head[:12]} verdict {entry['verdict'] or '-'} - {attempt.reason}"
+    if attempt.session.seconds > 90:
+        line += f" [slow try: {attempt.session.breakdown()}]"
+    print(line, flush=True)
     return status
 
 
-def status(tag: str | None, overrides: list[str]) -> None:
-    """Kept commits, attempts and the best speedup so far."""
-    from harness.optimize import gitops
+def _refuse(repo: Any, state: Any, description: str, rest: list[str]) -> None:
+    """An override on ``try`` would change the task or the gate: record the candidate as
+    rejected, save its diff, reset the branch, and stop with one line."""
+    from harness.optimize.attempt import Attempt
 
-    if not tag:
-        tag = _tag_from_branch(gitops.repo_at(Path.cwd()))
-    results = _results_dir(overrides)
-    state = LoopState.load(results, tag)
-    total = 1.0
+    reason = (
+        f"try takes no overrides ({' '.join(rest)[:120]}): the task and the judgement are "
+        "frozen at start"
+    )
+    attempt = Attempt(repo, state, description)
+    attempt.status, attempt.reason, attempt.verdict = "rejected", reason, ""
+    attempt._record()
+    attempt._revert()
+    entry = attempt.summary()
+    state.attempts.append(entry)
+    state.save()
+    raise UserError(f"loop try: {reason}; the candidate was rejected and reverted")
+
+
+# ---- status ---------------------------------------------------------------------------------
+def status(tag: str | None, measure: bool = False) -> None:
+    """Attempts with their gains and intervals; ``--measure`` times base vs kept directly."""
+    from harness.optimize import gitops
+    from harness.optimize.state import LoopState
+
+    repo = _repo()
+    tag = tag or _tag_from_branch(repo)
+    state = LoopState.load(gitops.git_dir(repo), tag)
     print(f"loop {tag}  branch {state.branch}  base {state.base[:12]}  kept {state.kept[:12]}")
-    print(f"{'#':>3}  {'status':8} {'commit':12} {'speedup':>8}  description / reason")
+    print(
+        f"{'#':>3}  {'status':12} {'commit':9} {'verdict':8} {'gain [interval]':>26} {'pairs':>5} "
+        f"{'s':>5}  description | reason"
+    )
+    estimate = 1.0
     for a in state.attempts:
-        speed = f"{a['speedup']:.3f}x" if a.get("speedup") else "-"
-        if a["status"] == "keep" and a.get("speedup"):
-            total *= a["speedup"]
-        print(
-            f"{a['n']:>3}  {a['status']:8} {a['commit'][:12]} {speed:>8}  {a['description']} | {a['reason']}"
+        gain = a.get("gain")
+        interval = (
+            f"{gain:+.1%} [{a['gain_lo']:+.1%}, {a['gain_hi']:+.1%}]" if gain is not None else "-"
         )
-    kept = sum(a["status"] == "keep" for a in state.attempts)
-    print(f"{len(state.attempts)} attempts, {kept} kept; cumulative speedup over base {total:.3f}x")
+        if a["status"] == "keep" and gain is not None:
+            estimate /= 1 - gain
+        print(
+            f"{a['n']:>3}  {a['status']:12} {a['commit'][:9]} {a.get('verdict') or '-':8} "
+            f"{interval:>26} {a.get('pairs', 0):>5} {a.get('seconds', 0):>5.0f}  "
+            f"{a['description']} | {a['reason']}"
+        )
+    n = len(state.attempts)
+    kept = sum(a["status"] in ("keep", "keep-neutral") for a in state.attempts)
+    print(
+        f"{n} attempts, {kept} kept; speedup over base: estimate {estimate:.3f}x (the product of "
+        "the kept attempts' gains; `loop status --measure` measures it)"
+    )
+    if measure:
+        from harness.optimize.compare import main as compare_main
+
+        print(f"measuring base {state.base[:12]} vs kept {state.kept[:12]} ...", flush=True)
+        compare_main([state.base, state.kept, f"tag={tag}"])
 
 
 def run(argv: list[str]) -> None:
     """Dispatch a subcommand."""
-    command, opts, overrides = parse_args(argv)
+    command, opts, rest = parse_args(argv)
     if command == "start":
-        start(opts.get("tag", ""), overrides)
+        start(opts.get("tag", ""), rest)
     elif command == "try":
-        try_head(opts.get("tag"), opts.get("description", ""), overrides)
+        try_head(
+            opts.get("tag"), opts.get("description", ""), rest, opts.get("neutral", False), argv
+        )
     else:
-        status(opts.get("tag"), overrides)
+        if rest:
+            raise UserError(f"loop status: unknown arguments {rest}; {USAGE}")
+        status(opts.get("tag"), opts.get("measure", False))
 
 
 def main(argv: list[str] | None = None) -> int:

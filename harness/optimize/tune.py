@@ -200,7 +200,9 @@ def report(study: Any, overheads: list[float], accept: list[str]) -> Any:
 
 def run(argv: list[str]) -> int:
     """Run (or resume) the study, print it, write and maybe commit the best parameters."""
-    session = Study(argv)
+    from harness.optimize.tuneloop import loop_overrides
+
+    session = Study(loop_overrides(argv))
     study = session.run()
     best = report(study, session.overheads, session.valid.top.correctness.accept)
     if best is None:
@@ -218,7 +220,7 @@ def run(argv: list[str]) -> int:
         print(f"wrote {path}")
         from harness.optimize.tuneloop import commit_on_loop_branch
 
-        commit_on_loop_branch(path, f"+tuned/{m}={hw}", f"tune {session.name}: {best.params}", argv)
+        commit_on_loop_branch(path, f"tune {session.name}: {best.params}")
     return 0
 
 

@@ -1,19 +1,45 @@
-"""Tuned parameters on a loop branch: commit them and let the loop's keep rule judge them."""
+"""Tuning on a loop branch: the task comes from the loop's frozen state, and the tuned
+parameters are committed and judged by ``loop try`` like any other change."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.core.errors import UserError
 
 
-def commit_on_loop_branch(
-    path: Path, override: str, description: str, overrides: list[str]
-) -> None:
-    """If HEAD is an ``autoresearch/<tag>`` branch, commit ``path`` and run ``loop try`` on it
-    with ``override`` for the candidate only; kept → the loop's overrides include it from now on."""
+def loop_overrides(argv: list[str]) -> list[str]:
+    """On an ``autoresearch/<tag>`` branch: the loop's frozen overrides plus the ``tune.*``
+    options of ``argv`` (anything else would change the task: refused). Elsewhere: ``argv``."""
     from harness.optimize import gitops
-    from harness.optimize.loop import BRANCH_PREFIX, try_head
+    from harness.optimize.loop import BRANCH_PREFIX
+    from harness.optimize.state import LoopState
+
+    try:
+        repo = gitops.repo_at(Path.cwd())
+    except UserError:  # not in a git repository: no loop
+        return argv
+    if repo.head.is_detached or not repo.active_branch.name.startswith(BRANCH_PREFIX):
+        return argv
+    tag = repo.active_branch.name.removeprefix(BRANCH_PREFIX)
+    state = LoopState.load(gitops.git_dir(repo), tag)
+    other = [a for a in argv if not a.startswith("tune.")]
+    if other:
+        raise UserError(
+            f"tune on loop branch {repo.active_branch.name}: the task is frozen by the loop; "
+            f"only tune.* options are accepted (got {other[:3]})"
+        )
+    return [*state.overrides, *argv]
+
+
+def commit_on_loop_branch(path: Path, description: str) -> None:
+    """If HEAD is an ``autoresearch/<tag>`` branch, commit the tuned file and judge it with
+    ``python -m harness.loop try`` (the judge adds ``+tuned/<method>=<hardware>`` to the
+    workers of every commit that holds the file)."""
+    from harness.optimize import gitops
+    from harness.optimize.loop import BRANCH_PREFIX
 
     repo = gitops.repo_at(Path.cwd())
     if repo.head.is_detached or not repo.active_branch.name.startswith(BRANCH_PREFIX):
@@ -28,4 +54,5 @@ def commit_on_loop_branch(
         return
     repo.index.add([rel])
     repo.index.commit(f"tune: {description}")
-    try_head(None, description, overrides, candidate_extra=[override])
+    cmd = [sys.executable, "-m", "harness.loop", "try", "-d", description]
+    subprocess.run(cmd, check=False)

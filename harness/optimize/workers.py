@@ -1,21 +1,29 @@
-"""Interleaved A/B timing with two workers, and the noise-aware keep rule."""
+"""A/B worker processes: one ``harness.worker`` per commit, timed from outside.
+
+The caller (the judge) measures each timed request itself: the wall time of the round trip
+(the worker replies as soon as the run ends, device synchronised) and the CPU time the kernel
+accounted to the worker's threads in between (``/proc/<pid>/task/*/schedstat``, ns). A
+candidate's code runs inside its worker and could bend any clock there; it cannot bend these.
+
+Workers can be started under a command prefix (CPU pinning with ``taskset``, ASLR off with
+``setarch -R``) and with extra environment (malloc settings, thread counts): the measures that
+shrink the per-process bias two processes of the same code otherwise show for their whole life.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from harness.bench.protocol import iqr
 
 
 class WorkerFailed(Exception):
@@ -27,17 +35,49 @@ class WorkerFailed(Exception):
         self.log = log
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How workers are started: a command prefix and extra environment."""
+
+    prefix: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        return [*self.prefix, *args]
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds of CPU time the kernel accounted to all threads of ``pid`` (None where
+    /proc has no schedstat)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 class Worker:
     """A ``harness.worker`` subprocess bound to one checkout (its working directory)."""
 
-    def __init__(self, checkout: Path, overrides: list[str], log_path: Path, timeout_s: float):
+    def __init__(
+        self,
+        checkout: Path,
+        overrides: list[str],
+        log_path: Path,
+        timeout_s: float,
+        launch: Launch = Launch(),
+    ) -> None:
         self.timeout_s = timeout_s
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
-        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        env = {**os.environ, "PYTHONPATH": str(checkout), **dict(launch.env)}
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.worker", *overrides],
+            launch.command([sys.executable, "-m", "harness.worker", *overrides]),
             cwd=checkout,
             env=env,
             stdin=subprocess.PIPE,
@@ -48,6 +88,8 @@ class Worker:
         self.ready = self._read()
         if self.ready.get("event") != "ready":
             raise self._failure(self.ready)
+        self.startup_s = time.monotonic() - self.started
+        self.protocol = int(self.ready.get("protocol", 1))
 
     def _log_tail(self, n: int = 40) -> str:
         self._log.flush()
@@ -84,10 +126,10 @@ class Worker:
         finally:
             sel.close()
 
-    def request(self, op: str) -> dict[str, Any]:
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps({"op": op}) + "\n")
+            self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             code = self.proc.wait()
@@ -98,6 +140,17 @@ class Worker:
         if reply.get("event") == "error":
             raise self._failure(reply)
         return reply
+
+    def timed(self, op: str = "time") -> Timing:
+        """One timed request, measured from outside: wall seconds of the round trip and the
+        CPU seconds the kernel accounted to the worker meanwhile."""
+        c0 = cpu_ns(self.proc.pid)
+        t0 = time.perf_counter()
+        reply = self.request(op)
+        wall = time.perf_counter() - t0
+        c1 = cpu_ns(self.proc.pid)
+        cpu = (c1 - c0) / 1e9 if c0 is not None and c1 is not None else float("nan")
+        return Timing(wall=wall, cpu=cpu, reported=float(reply.get("elapsed", float("nan"))))
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -117,77 +170,30 @@ class Worker:
         self._log.close()
 
 
-@dataclass
-class Interleaved:
-    """Timed runs of A and B, measured alternately (ABBA order) in one session."""
-
-    a: list[float] = field(default_factory=list)
-    b: list[float] = field(default_factory=list)
-    a_hashes: list[str] = field(default_factory=list)
-    b_hashes: list[str] = field(default_factory=list)
-    groups: list[int] = field(default_factory=list)  # rounds measured by each worker pair
-
-
-def split_rounds(rounds: int, pairs: int) -> list[int]:
-    """``rounds`` spread as evenly as possible over ``pairs`` worker pairs."""
-    return [rounds // pairs + (i < rounds % pairs) for i in range(pairs)]
-
-
-def pair_slices(groups: list[int]) -> list[slice]:
-    """The runs of each worker pair, in order, from the runs-per-pair counts."""
-    ends = np.cumsum(groups).tolist()
-    return [slice(end - n, end) for n, end in zip(groups, ends, strict=True)]
-
-
-def interleave(a: Worker, b: Worker, rounds: int, done: Interleaved | None = None) -> Interleaved:
-    """``rounds`` timed runs of each, alternating A B / B A to cancel drift."""
-    res = done or Interleaved()
-    for i in range(rounds):
-        order = ((a, res.a, res.a_hashes), (b, res.b, res.b_hashes))
-        for worker, times, hashes in order if i % 2 == 0 else order[::-1]:
-            reply = worker.request("run")
-            times.append(float(reply["elapsed"]))
-            hashes.append(str(reply["hash"]))
-    res.groups.append(rounds)
-    return res
-
-
 @dataclass(frozen=True)
-class Decision:
-    keep: bool
-    median_a: float
-    median_b: float
-    speedup: float  # median_a / median_b
-    gain: float  # (median_a - median_b) / median_a
-    needed: float  # the gain (relative) that had to be beaten
-    reason: str
+class Timing:
+    """One timed run as the judge measured it (``reported``: the worker's own figure)."""
+
+    wall: float
+    cpu: float
+    reported: float = float("nan")
+
+    def value(self, clock: str) -> float:
+        return self.cpu if clock == "cpu" and self.cpu == self.cpu else self.wall
 
 
-def decide(
-    a: list[float],
-    b: list[float],
-    min_gain: float,
-    k_iqr: float,
-    groups: list[int] | None = None,
-) -> Decision:
-    """Keep B only if its median beats A's by more than ``min_gain`` (relative) AND by more
-    than ``k_iqr`` × the pooled IQR of the two samples (the measured run-to-run noise) AND,
-    when the runs come from several worker pairs (``groups``: runs per pair, in order), if
-    every pair on its own shows B faster by more than ``min_gain``."""
-    med_a, med_b = float(np.median(a)), float(np.median(b))
-    pooled = math.sqrt((iqr(a) ** 2 + iqr(b) ** 2) / 2)
-    needed_abs = max(min_gain * med_a, k_iqr * pooled)
-    gain = (med_a - med_b) / med_a
-    keep = med_a - med_b > needed_abs
-    needed = needed_abs / med_a
-    pair_note = ""
-    if groups and len(groups) > 1:
-        gains = [1 - float(np.median(b[s]) / np.median(a[s])) for s in pair_slices(groups)]
-        keep = keep and min(gains) > min_gain
-        pair_note = ", per pair " + " ".join(f"{g:+.1%}" for g in gains)
-    word = "faster" if keep else "not faster"
-    reason = (
-        f"{word}: {med_a / med_b:.3f}x, gain {gain:+.2%} vs needed {needed:.2%} "
-        f"(min_gain {min_gain:.0%}, {k_iqr:g} x pooled IQR {pooled / med_a:.2%}{pair_note})"
-    )
-    return Decision(keep, med_a, med_b, med_a / med_b, gain, needed, reason)
+@dataclass
+class PairLog:
+    """The timed rounds of one worker pair: paired (kept, candidate) timings."""
+
+    kept: list[Timing] = field(default_factory=list)
+    candidate: list[Timing] = field(default_factory=list)
+
+    def log_ratios(self, clock: str) -> np.ndarray:
+        """log(candidate / kept) per round (negative: the candidate is faster)."""
+        a = np.array([t.value(clock) for t in self.kept])
+        b = np.array([t.value(clock) for t in self.candidate])
+        return np.log(b / a)
+
+    def mean_log_ratio(self, clock: str) -> float:
+        return float(np.mean(self.log_ratios(clock)))

@@ -39,6 +39,35 @@ def _float(text: str) -> float | None:
         return None
 
 
+def loop_attempts(results: Path, tag: str) -> list[dict]:
+    """The loop's attempts (gain, interval, pairs) when ``tag`` is a loop of this results dir."""
+    import json
+
+    path = results / "loop" / f"{tag}.json"
+    if not tag or not path.exists():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("attempts", []))
+    except (OSError, ValueError):
+        return []
+
+
+def print_attempts(attempts: list[dict]) -> None:
+    """Per attempt: status, verdict, gain with its interval, pairs used, decision time."""
+    print(
+        f"{'#':>4} {'status':12} {'verdict':8} {'gain [interval]':>26} {'pairs':>5} {'s':>5}  description"
+    )
+    for a in attempts:
+        gain = a.get("gain")
+        interval = (
+            f"{gain:+.1%} [{a['gain_lo']:+.1%}, {a['gain_hi']:+.1%}]" if gain is not None else "-"
+        )
+        print(
+            f"{a['n']:>4} {a['status']:12} {a.get('verdict') or '-':8} {interval:>26} "
+            f"{a.get('pairs', 0):>5} {a.get('seconds', 0):>5.0f}  {a['description'][:60]}"
+        )
+
+
 def print_table(rows: list[dict[str, str]]) -> None:
     print(
         f"{'#':>4} {'timestamp':19} {'commit':8} {'status':9} {'verdict':16} {'elapsed_s':>10}  description"
@@ -61,7 +90,9 @@ def plot_progress(rows: list[dict[str, str]], path: Path, title: str) -> None:
     styles = {
         "baseline": ("tab:blue", "s", 60, "baseline"),
         "keep": ("tab:green", "o", 70, "kept"),
+        "keep-neutral": ("tab:olive", "o", 50, "kept (neutral)"),
         "discard": ("0.6", "o", 25, "discarded"),
+        "rejected": ("tab:orange", "x", 30, "rejected"),
         "run": ("0.3", ".", 30, "run"),
     }
     times = [_float(r["elapsed_s"]) for r in rows]
@@ -90,7 +121,7 @@ def plot_progress(rows: list[dict[str, str]], path: Path, title: str) -> None:
         )
     best, line = float("inf"), []
     for r, t in zip(rows, times, strict=True):
-        if r["status"] in ("baseline", "keep") and t is not None:
+        if r["status"] in ("baseline", "keep", "keep-neutral") and t is not None:
             best = min(best, t)
         line.append(best if best < float("inf") else None)
     xs = [i for i, b in enumerate(line) if b is not None]
@@ -174,6 +205,10 @@ def run(argv: list[str]) -> None:
             raise UserError(f"report: no rows with tag={tag}")
         out = Path(opts.get("out", results / "progress.png"))
         print_table(selected)
+        attempts = loop_attempts(results, tag)
+        if attempts:
+            print(f"\nloop {tag}: the attempts as judged")
+            print_attempts(attempts)
         plot_progress(selected, out, f"loop {tag}" if tag else "all runs")
     print(f"wrote {out}")
 

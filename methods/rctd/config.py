@@ -1,6 +1,8 @@
 """Config schema of the RCTD method (read-only surface). Defaults follow upstream's
-``create.RCTD`` / ``RCTDConfig`` (rctd.md "Defaults"), except ``K_val`` (100 here, 1000
-upstream: counts above K_val are clipped)."""
+``create.RCTD`` / ``RCTDConfig`` (rctd.md "Defaults"). ``K_val`` (the likelihood table's
+count rows; upstream 1000, counts above it clipped) is chosen from the data by default: the
+largest spatial count rounded up to a multiple of 100, capped at 1000 — the same weights as
+``K_val=1000`` (counts never clipped below 1000) with tables no larger than needed."""
 
 from __future__ import annotations
 
@@ -25,12 +27,37 @@ HASHED_OUTPUTS: dict[str, list[str]] = {
 
 @dataclass
 class RCTDTolerance:
-    """The ``close`` tier: outputs within these bounds of the baseline count as correct."""
+    """The ``close`` tier: outputs within these bounds of the baseline count as correct.
+
+    Calibration (``python benchmarks/calibrate_tolerances.py rctd --n-pixels 2000``; synthetic,
+    12 types, noise 0.3, platform effect 0.3, σ estimated; per-pixel max|Δw| vs the float64 run):
+
+    ============================  ==========  ========  =============  ================  =======
+    variant                       max|Δw|     >1e-5     weights_dbl    sub_weights       scores
+    ============================  ==========  ========  =============  ================  =======
+    float32 (legitimate)          1.4e-7      0         8.3e-8         8.3e-8            1.7e-7
+    batch_size=500 (legitimate)   1e-16       0         0              7e-18             1e-16
+    qp_sweeps=10 (wrong)          4.4e-4      95.4%     3.3e-3, 58%    1.1e-4, 52%       80% out
+    min_change=2e-3 (wrong)       1.7e-3      100%      6.9e-3, 100%   1.5e-3, 63%       98% out
+    final fit 3 iterations        0           0         0.19, 100%     0.15, 63%         —
+    ============================  ==========  ========  =============  ================  =======
+
+    So ``max_abs_dw`` 1e-5 sits 70× above float32 and 40× below the smallest planted change;
+    ``outlier_fraction`` 1e-3 lets a few pixels whose stopping iteration flips in a lower
+    precision pass (one pixel in a 50k-pixel run is 2e-5), while every planted change moves
+    more than half of the pixels; ``hard_max_dw`` 5e-2 bounds such a pixel (an IRWLS step moves
+    a weight by at most ``step`` × the change that stopped it). ``score_rel`` 1e-6 is 6× float32.
+    """
 
     max_abs_dw: float = field(default=1e-5, metadata=rng(ge=0))
+    # share of pixels allowed beyond max_abs_dw, and the cap none may exceed
+    outlier_fraction: float = field(default=1e-3, metadata=rng(ge=0, le=1))
+    hard_max_dw: float = field(default=5e-2, metadata=rng(ge=0))
     dominant_agreement: float = field(default=0.999, metadata=rng(ge=0, le=1))
-    # doublet: spot classes, multi: chosen type sets, agreeing on at least this fraction
+    # discrete calls (spot classes, types, type sets, flags) agreeing on at least this fraction
     class_agreement: float = field(default=0.99, metadata=rng(ge=0, le=1))
+    # relative tolerance of the scores (NLLs) of doublet / multi mode
+    score_rel: float = field(default=1e-6, metadata=rng(ge=0))
 
 
 @dataclass
@@ -43,8 +70,8 @@ class RCTDConfig(MethodConfig):
     mode: str = field(default="full", metadata=rng(choices=["full", "doublet", "multi"]))
     # sigma x 100 (upstream's sigma_override): skips sigma estimation; None: estimate
     sigma_override: int | None = field(default=None, metadata=rng(ge=10, le=200))
-    # likelihood table rows: counts are clipped at K_val
-    K_val: int = field(default=100, metadata=rng(ge=10, le=5000))
+    # likelihood table rows: counts are clipped at K_val; null: from the data (module doc)
+    K_val: int | None = field(default=None, metadata=rng(ge=10, le=5000))
     batch_size: int = field(default=10000, metadata=rng(ge=1, task=False))  # memory only
     max_iter: int = field(default=50, metadata=rng(ge=1))
     score_iter: int = field(default=25, metadata=rng(ge=1))  # sub-fits scored by their NLL

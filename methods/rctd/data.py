@@ -83,6 +83,7 @@ class SyntheticConfig(DatasetConfig):
     """Synthetic spatial + reference data from known type profiles."""
 
     ROLE: ClassVar[str] = "spatial+reference"
+    SIZE_KEY: ClassVar[str | None] = "n_pixels"
 
     n_pixels: int = field(default=2000, metadata=rng(ge=1))
     n_genes: int = field(default=1000, metadata=rng(ge=2))
@@ -188,6 +189,7 @@ class PBMCConfig(DatasetConfig):
     """Pixels mixing 1..max_cells_per_pixel held-out real PBMC cells of distinct types."""
 
     ROLE: ClassVar[str] = "spatial+reference"
+    SIZE_KEY: ClassVar[str | None] = "n_pixels"
 
     n_pixels: int = field(default=500, metadata=rng(ge=1))
     # the reference takes max(cell_min, round(ref_fraction * n)) cells of a type with n cells

@@ -29,6 +29,16 @@ from methods.rctd.reference import cell_type_profiles
 from methods.rctd.sigma import SIGMA_START, choose_sigma, sigma_window
 from methods.rctd.solver import solve_irwls
 
+K_VAL_MAX = 1000  # upstream's K_val: counts above it are clipped
+
+
+def auto_k_val(counts: Any) -> int:
+    """Table rows for these counts: the largest count rounded up to a multiple of 100, capped
+    at K_VAL_MAX — equal weights to K_val=1000 (no count is clipped that upstream keeps)."""
+    top = counts.max() if counts.shape[0] and counts.shape[1] else 0
+    top = int(np.asarray(top.toarray() if hasattr(top, "toarray") else top).max())
+    return int(min(K_VAL_MAX, max(100, -(-top // 100) * 100)))
+
 
 def _dense(x: Any) -> np.ndarray:
     return np.asarray(x.toarray() if hasattr(x, "toarray") else x)
@@ -117,8 +127,9 @@ class RCTD:
         dev, dtype = self.runtime.device, self.runtime.dtype
         state = self._inputs(data, dev, dtype)
         c = self.cfg
+        k_val = c.K_val or auto_k_val(data["spatial"].X)
         sigmas = [c.sigma_override] if c.sigma_override else sigma_window(SIGMA_START)
-        state.tables = TableStore(c.K_val, self.runtime.cache_dir, dev, dtype).preload(sigmas)
+        state.tables = TableStore(k_val, self.runtime.cache_dir, dev, dtype).preload(sigmas)
         self.type_names = state.type_names
         return state
 

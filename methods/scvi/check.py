@@ -79,10 +79,29 @@ def lognorm(counts: np.ndarray) -> np.ndarray:
     return np.log1p(counts / np.maximum(lib, 1) * 1e4)
 
 
+def param_distance(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
+    """The largest relative L2 distance ||θ − θ_ref|| / ||θ_ref|| over the trained parameter
+    tensors (``state.*``; BatchNorm's batch counter aside)."""
+    worst = 0.0
+    for name, ref in reference.items():
+        if not name.startswith("state.") or name.endswith("num_batches_tracked"):
+            continue
+        if name not in outputs:
+            return float("inf")
+        a, b = np.asarray(outputs[name], dtype=np.float64), np.asarray(ref, dtype=np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
+    return worst
+
+
 def compare(
     outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], tol: SCVITolerance
 ) -> tuple[dict[str, float], bool]:
-    """Held-out ELBO within ``tol.elbo_rel`` and latent k-NN overlap ≥ ``tol.knn_overlap``."""
+    """Held-out ELBO within ``tol.elbo_rel``, latent k-NN overlap ≥ ``tol.knn_overlap`` and
+    every trained parameter tensor within ``tol.param_rel`` (relative L2) of the baseline's.
+    (The work counters — optimizer steps, learning rates, training cells, dropout calls — are
+    compared for equality by the harness before this tier.)"""
     elbo, ref = (
         float(np.ravel(outputs["elbo_heldout"])[0]),
         float(np.ravel(reference["elbo_heldout"])[0]),
@@ -92,5 +111,6 @@ def compare(
     if a.shape[0] != b.shape[0]:
         return {"elbo_rel": rel, "knn_overlap": 0.0}, False
     overlap = knn_overlap(a, b, tol.knn_k)
-    ok = rel <= tol.elbo_rel and overlap >= tol.knn_overlap
-    return {"elbo_rel": rel, "knn_overlap": overlap}, ok
+    params = param_distance(outputs, reference)
+    ok = rel <= tol.elbo_rel and overlap >= tol.knn_overlap and params <= tol.param_rel
+    return {"elbo_rel": rel, "knn_overlap": overlap, "param_rel": params}, ok

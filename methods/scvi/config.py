@@ -10,13 +10,36 @@ from harness.api import MethodConfig, rng
 
 @dataclass
 class SCVITolerance:
-    """The ``close`` tier: a run within these bounds of the baseline counts as correct."""
+    """The ``close`` tier: a run within these bounds of the baseline counts as correct (after
+    the work counters — optimizer steps, learning rates used, training cells, active dropout
+    calls — matched exactly).
+
+    Calibration (``python benchmarks/calibrate_tolerances.py scvi --epochs 100|400``; default
+    synthetic set, 2000 cells × 500 genes, 2 batches; vs the default run):
+
+    ===============================  ===========  ==========  ===========
+    variant (100 / 400 epochs)       elbo_rel     knn_overlap param_rel
+    ===============================  ===========  ==========  ===========
+    init perturbed 1e-6 (legit)      0 / 2.6e-4   1 / 0.93    0 / 0.44
+    autograd likelihood (legit)      1.3e-3/3.3e-4 0.96 / 0.94 0.17 / 0.33
+    staging=dense (legit)            1.1e-3/4.8e-4 0.96 / 0.95 0.18 / 0.34
+    seed=1 (seed to seed)            1.3e-4/1.8e-3 0.07 / 0.08 1.59 / 1.59
+    batch covariate ignored (wrong)  1.2e-2/2.1e-2 0.82 / 0.76 0.56 / 0.79
+    ===============================  ===========  ==========  ===========
+
+    Dropout off, lr × 2, half the epochs, skipped minibatches or optimizer updates change the
+    work counters (``wrong`` before this tier). ``elbo_rel`` 4e-3 sits 3× above the largest
+    legitimate spread and 3× below the batch-ignored model; ``knn_overlap`` 0.85 and
+    ``param_rel`` 0.7 are guards (a different seed — another optimum — fails both).
+    """
 
     # |elbo - elbo_ref| / |elbo_ref| of the held-out ELBO
-    elbo_rel: float = field(default=0.01, metadata=rng(ge=0))
+    elbo_rel: float = field(default=4e-3, metadata=rng(ge=0))
     # mean fraction of shared k nearest neighbours between the two latent spaces
-    knn_overlap: float = field(default=0.5, metadata=rng(ge=0, le=1))
+    knn_overlap: float = field(default=0.85, metadata=rng(ge=0, le=1))
     knn_k: int = field(default=15, metadata=rng(ge=1))
+    # relative L2 distance of every trained parameter tensor to the baseline's
+    param_rel: float = field(default=0.7, metadata=rng(ge=0))
 
 
 @dataclass

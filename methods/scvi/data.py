@@ -60,6 +60,7 @@ class SyntheticConfig(DatasetConfig):
     """Counts from a random decoder: z → softmax(W z + b + batch offset) → ZINB."""
 
     ROLE: ClassVar[str] = "cells"
+    SIZE_KEY: ClassVar[str | None] = "n_cells"
 
     n_cells: int = field(default=2000, metadata=rng(ge=4))
     n_genes: int = field(default=500, metadata=rng(ge=2))

@@ -1,15 +1,16 @@
-"""Toy method: sleeps SLEEP_S, returns a fixed array shifted by OFFSET (read-only surface)."""
+"""Toy method (read-only surface): ``y = 2x`` computed by the editable ``methods/toy/fast.py``
+after a sleep the tests control (``knobs.py``); its data are drawn from a seed, so the loop
+can time every round on a fresh input."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from harness.api import DatasetConfig, MethodConfig
-from methods.toy import knobs
+from methods.toy import fast
 
 
 @dataclass
@@ -24,12 +25,14 @@ class ToyConfig(MethodConfig):
 @dataclass
 class ToyData(DatasetConfig):
     ROLE: ClassVar[str] = "cells"
+    SIZE_KEY: ClassVar[str | None] = "size"
 
-    size: int = 16
+    size: int = 64
+    seed: int = 2025
 
 
 def load(cfg: ToyData) -> dict[str, Any]:
-    return {"x": np.linspace(0.0, 1.0, cfg.size)}
+    return {"x": np.random.default_rng(cfg.seed).random(cfg.size)}
 
 
 class Toy:
@@ -43,11 +46,9 @@ class Toy:
         return data["x"]
 
     def run(self, x: np.ndarray, ctx: Any) -> dict[str, np.ndarray]:
-        if knobs.CRASH:
-            raise RuntimeError("planted crash")
-        time.sleep(3600 if knobs.HANG else knobs.SLEEP_S * self.cfg.speed / 5)
+        y = fast.compute(x, self.cfg.speed)
         wrong = 1.0 if self.cfg.speed < 3 else 0.0
-        return {"y": x * 2.0 + knobs.OFFSET + wrong}
+        return {"y": y + wrong}
 
     def compare(self, result: Any, reference: Any) -> tuple[dict[str, float], bool]:
         err = float(np.max(np.abs(result.outputs["y"] - reference["y"])))

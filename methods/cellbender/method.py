@@ -1,0 +1,258 @@
+"""CellBender remove-background as a harness method (read-only glue; TIMING ``train``).
+
+``prepare`` (untimed): priors from the UMI curve, the analysed droplets (top
+``total_droplets_included``) and genes (those seen in surely-empty droplets), the train/test
+split, the counts staged on the device. ``run`` trains (editable ``train.py`` / ``model.py``),
+then computes the MAP latents, the noise posterior and the denoised counts (editable
+``posterior.py``); work is counted here by hooks the editable code cannot skip. Outputs cover
+all droplets and genes of the input: denoised counts (CSR; zero rows for non-cells, excluded
+genes passed through for cells), cell probability, size, efficiency, background fraction,
+latent z, the ambient profile.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.special import gammaln
+
+from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix
+from methods.cellbender import check, priors
+from methods.cellbender.config import CellBenderConfig
+from methods.cellbender.data import ROLE
+from methods.cellbender.model import Constants, FullModel
+from methods.cellbender.posterior import denoised, estimate, map_latents, noise_posterior
+from methods.cellbender.train import BatchPlan, Staged, make_optimizer, train
+
+MIN_DROPLETS = 16  # below this a BatchNorm minibatch plan makes no sense
+
+
+@dataclass
+class CellBenderState:
+    staged: Staged
+    plan: BatchPlan
+    test: np.ndarray
+    consts: Constants
+    chi_ambient: torch.Tensor
+    priors: priors.Priors
+    analysed: np.ndarray  # droplet rows (of the input) analysed, by decreasing UMI
+    genes: np.ndarray  # gene columns modelled
+    x_analysed: sp.csr_matrix  # all genes, analysed droplets
+    n_droplets: int
+    n_genes_all: int
+
+
+class CellBender:
+    def __init__(self, cfg: CellBenderConfig, runtime: Runtime) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+
+    def _log(self, message: str) -> None:
+        print(f"cellbender: {message}", file=sys.stderr, flush=True)
+
+    # ---- inputs --------------------------------------------------------------------------
+    def check_inputs(self, data: Mapping[str, Any]) -> None:
+        if ROLE not in data:
+            raise UserError(f"dataset: loader returned no {ROLE!r} AnnData (got {sorted(data)})")
+        adata = data[ROLE]
+        x = sp.csr_matrix(counts_matrix(adata, None, "dataset"))
+        c = self.cfg
+        if adata.n_obs < MIN_DROPLETS or adata.n_vars < 2:
+            raise UserError(
+                f"dataset: {adata.n_obs} droplets × {adata.n_vars} genes: too few droplets for "
+                f"training (BatchNorm minibatches need >= {MIN_DROPLETS})"
+            )
+        if c.expected_cells is not None and c.expected_cells >= adata.n_obs:
+            raise UserError(
+                f"method.expected_cells={c.expected_cells}: must be below the number of droplets "
+                f"({adata.n_obs})"
+            )
+        umi = np.asarray(x.sum(axis=1)).ravel()
+        p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
+        n_empty = int(np.sum((umi >= c.low_count_threshold) & (umi < p.surely_empty)))
+        if n_empty < max(10, p.expected_cells // 10):
+            raise UserError(
+                f"dataset: only {n_empty} empty droplets (below {p.surely_empty:.0f} UMI); "
+                "remove-background needs the raw, unfiltered matrix (empties included), not a "
+                "filtered one"
+            )
+        if c.total_droplets_included is not None and c.total_droplets_included > adata.n_obs:
+            raise UserError(
+                f"method.total_droplets_included={c.total_droplets_included}: the input has "
+                f"only {adata.n_obs} droplets"
+            )
+
+    def prepare(self, data: Mapping[str, Any]) -> CellBenderState:
+        c, rt = self.cfg, self.runtime
+        adata = data[ROLE]
+        x_all = sp.csr_matrix(adata.X, dtype=np.float32)
+        x_all.sort_indices()
+        umi = np.asarray(x_all.sum(axis=1)).ravel()
+        p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
+        order = np.argsort(-umi, kind="stable")
+        analysed = order[: min(p.total_included, int(np.sum(umi >= c.low_count_threshold)))]
+        x_an = x_all[analysed]
+        umi_an = umi[analysed]
+        empty_mask = umi_an < p.surely_empty
+        seen = np.asarray(x_an[empty_mask].sum(axis=0)).ravel() > 0
+        genes = np.flatnonzero(seen & (np.asarray(x_an.sum(axis=0)).ravel() > 0))
+        x = x_an[:, genes]
+        chi_amb, chi_bar = priors.ambient_profiles(x, empty_mask)
+        n = x.shape[0]
+        gen = np.random.default_rng(c.seed)
+        perm = gen.permutation(n)
+        n_train = max(4, min(n, math.ceil(c.train_fraction * n)))
+        train_idx, test_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+        if test_idx.size == 0:
+            test_idx = train_idx[: min(256, train_idx.size)]
+        batch = max(4, min(c.batch_size, int(0.9 * n / 2)))
+        plan = BatchPlan(
+            cells=train_idx[~empty_mask[train_idx]],
+            empties=train_idx[empty_mask[train_idx]],
+            batch_size=batch,
+            empty_fraction=c.empty_fraction,
+            seed=c.seed,
+        )
+        log_umi = np.log(np.maximum(umi_an, 1.0))
+        dense = n * genes.size * 4 <= c.dense_max_gb * 2**30
+        lg = np.zeros(n)
+        rows = np.repeat(np.arange(n), np.diff(x.indptr))
+        np.add.at(lg, rows, gammaln(x.data.astype(np.float64) + 1.0))
+        dev, dtype = rt.device, rt.dtype
+        staged = Staged(
+            x=torch.as_tensor(x.toarray(), dtype=dtype, device=dev) if dense else None,
+            csr=None if dense else x,
+            lgamma_x1=torch.as_tensor(lg, dtype=dtype, device=dev),
+            prior_logit=torch.as_tensor(p.logit_prior(log_umi), dtype=dtype, device=dev),
+            device=dev,
+            dtype=dtype,
+        )
+        consts = Constants(
+            log_cell_prior=math.log1p(p.cell_counts),
+            d_std=p.d_std,
+            log_crossover=p.log_crossover,
+            log_cell_counts=math.log(p.cell_counts),
+            log_surely_empty=math.log(p.surely_empty),
+            chi_bar=torch.as_tensor(chi_bar, dtype=dtype, device=dev),
+        )
+        self._log(
+            f"{n} droplets analysed of {adata.n_obs} ({int((~empty_mask).sum())} above "
+            f"{p.surely_empty:.0f} UMI; expected cells {p.expected_cells}, cell size "
+            f"{p.cell_counts:.0f}, empty size {p.empty_counts:.0f}), {genes.size} of "
+            f"{adata.n_vars} genes; {plan.batches} batches of {batch} per epoch"
+        )
+        return CellBenderState(
+            staged=staged, plan=plan, test=test_idx, consts=consts,
+            chi_ambient=torch.as_tensor(chi_amb, dtype=dtype, device=dev), priors=p,
+            analysed=analysed, genes=genes, x_analysed=x_an, n_droplets=adata.n_obs,
+            n_genes_all=adata.n_vars,
+        )  # fmt: skip
+
+    # ---- the timed run -------------------------------------------------------------------
+    def build(self, state: CellBenderState) -> FullModel:
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed % 2**32)
+        random.seed(self.cfg.seed)
+        model = FullModel(
+            int(state.genes.size), state.chi_ambient.cpu().double(),
+            state.priors.empty_counts, state.consts,
+        )  # fmt: skip
+        return model.to(self.runtime.device, self.runtime.dtype)
+
+    def run(self, state: CellBenderState, ctx: RunContext) -> RunResult:
+        c = self.cfg
+        model = self.build(state)
+        total_steps = state.plan.batches * c.epochs
+        optimizer, scheduler = make_optimizer(model, c.lr, total_steps)
+        ctx.work.watch_optimizers()
+        ctx.work.watch_forward(model.encode_z, "train_droplets")
+        ctx.work.watch_modules(model, torch.nn.Dropout, "dropout_calls")
+        ctx.checkpoint.register(model=model, optimizer=optimizer, scheduler=scheduler)
+        t0 = time.perf_counter()
+        curve = train(
+            model, optimizer, scheduler, state.staged, state.plan, state.test, c.epochs,
+            c.test_every, ctx, self._log,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        n = state.analysed.size
+        lat = map_latents(model, state.staged, n)
+        cells = np.flatnonzero(lat.p > 0.5)
+        if ctx.warmup:  # warm the posterior's code paths on a few droplets
+            cells = cells[:32]
+        post = noise_posterior(
+            model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
+        )
+        t2 = time.perf_counter()
+        x_cells = state.x_analysed[cells][:, state.genes]
+        noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)
+        clean = denoised(x_cells, post, noise)
+        t3 = time.perf_counter()
+        return RunResult(
+            outputs=self._outputs(state, model, lat, cells, clean, noise, post, curve),
+            info={"train_s": t1 - t0, "posterior_s": t2 - t1, "estimate_s": t3 - t2},
+        )
+
+    def _outputs(
+        self, state: CellBenderState, model: FullModel, lat: Any, cells: np.ndarray,
+        clean: sp.csr_matrix, noise: np.ndarray, post: Any, curve: dict,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Per input droplet / gene (droplets not analysed: probability 0, no counts)."""
+        n_all, g_all = state.n_droplets, state.n_genes_all
+        rows = state.analysed[cells]
+        # denoised: modelled genes of the cells, plus their excluded genes unchanged
+        full = sp.csr_matrix(state.x_analysed[cells], dtype=np.float64).tolil()
+        full[:, state.genes] = clean
+        full = sp.csr_matrix(full)
+        coo = full.tocoo()
+        denoised_all = sp.csr_matrix((coo.data, (rows[coo.row], coo.col)), shape=(n_all, g_all))
+
+        def per_droplet(values: np.ndarray) -> np.ndarray:
+            out = np.zeros(n_all)
+            out[state.analysed] = values
+            return out
+
+        raw_cells = np.asarray(state.x_analysed[cells].sum(axis=1)).ravel()
+        removed = raw_cells - np.asarray(full.sum(axis=1)).ravel()
+        bkg_frac = np.zeros(n_all)
+        bkg_frac[rows] = removed / np.maximum(raw_cells, 1.0)
+        z = np.zeros((n_all, lat.z.shape[1]))
+        z[state.analysed] = lat.z
+        ambient = np.zeros(g_all)
+        ambient[state.genes] = torch.softmax(model.chi_ambient_logits.detach(), -1).double().cpu()
+        return {
+            "denoised": denoised_all,
+            "cell_probability": per_droplet(lat.p),
+            "cell_size": per_droplet(lat.d_cell),
+            "efficiency": per_droplet(lat.eps),
+            "background_fraction": bkg_frac,
+            "latent_z": z,
+            "ambient": ambient,
+            "elbo_test": np.asarray(curve["elbo_test"], dtype=np.float64),
+            "elbo_train": np.asarray(curve["elbo_train"], dtype=np.float64),
+        }
+
+    # ---- evaluation (read-only) ----------------------------------------------------------
+    def compare(
+        self, result: RunResult, reference: Mapping[str, Any]
+    ) -> tuple[dict[str, float], bool]:
+        return check.compare(result.outputs, reference, self.cfg.tol)
+
+    def quality(self, result: RunResult, data: Mapping[str, Any]) -> dict[str, float]:
+        metrics = dict(result.info)
+        metrics.update(check.quality(result.outputs, data[ROLE]))
+        return metrics
+
+    def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
+        from methods.cellbender.output import write_h5ad
+
+        write_h5ad(result.outputs, data[ROLE], Path(path), self.cfg)

@@ -1,0 +1,319 @@
+"""CellBender's "full" model and guide, with the ELBO written directly in torch (editable).
+
+Per droplet n (x: G counts), latents and their guide:
+
+- z ~ N(0, I_64);  q(z) = N(EncodeZ(x / Σx))
+- χ = softmax(Decoder(z))
+- y ∈ {0, 1}, p(y = 1) = sigmoid(prior logit);  q(y = 1) = sigmoid(p), enumerated exactly
+- d_cell ~ LogNormal(log1p(cell_counts), d_std);  q = LogNormal(gated log Σx, d_cell_scale)
+- d_empty ~ LogNormal(d_empty_loc, d_empty_scale)  (learned; the guide draws from the prior)
+- ε ~ Gamma(50, 50);  q = Gamma(κ, κ / ε̂), ε̂ gated between the encoder's ε and 1
+- globals ρ ~ Beta(1.5, 50), φ ~ Gamma(1, 5) (mean 0.2, sd 0.2);  q: Beta, Gamma params
+
+μ = (1 − ρ)·y·ε·d_cell·χ,  λ = ε·[(1 − ρ)·χ_ambient·d_empty + ρ·χ_bar·(y·d_cell + d_empty)],
+x ~ NB(μ, 1/φ) ⊛ Poisson(λ), approximated by the moment-matched NB with mean μ + λ and
+r = (1/φ)(μ + λ)²/μ, or Poisson(λ) where μ < 1e-5·λ. The ELBO of a minibatch is
+
+    Σ_n Σ_y q_n(y)[log p(y) − log q(y) + log p(x_n | y, ·)]
+      + Σ_n [log p(z, d_cell, ε) − log q(z, d_cell, ε)]_n   (one reparameterised sample)
+      + (B / N)[log p(ρ, φ) − log q(ρ, φ)] + regularisers
+
+with the regularisers of the method notes: p_logit ~ N(prior, 2); 0.01 × the Poisson fit of
+every droplet's counts to λ(y = 0), weighted by q(y = 0); soft supervision of the logit
+towards ±10 (sd 1, weight 10) for droplets clearly on either side of the count crossover; the
+median ε of cells and of empties tied to 1 (sd 0.01). ``tests/test_cellbender_elbo.py``
+checks this ELBO against Pyro's ``TraceEnum_ELBO`` on the same model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Z_DIM = 64
+HIDDEN = 512
+EPS_PRIOR = 50.0  # ε ~ Gamma(50, 50)
+EPS_GUIDE = 100.0  # concentration of q(ε)
+RHO_PRIOR = (1.5, 50.0)
+PHI_PRIOR = (1.0, 5.0)  # Gamma(concentration, rate): mean 0.2, sd 0.2
+NB_SWITCH = 1e-5  # μ < 1e-5·λ: pure Poisson
+N_EXTRA = 4  # extra encoder features: log Σx, log nnz, closeness to d_empty, ‖z‖
+
+
+@dataclass
+class Constants:
+    """Per-dataset constants of the model (from the priors), as tensors on the device."""
+
+    log_cell_prior: float  # log1p(cell_counts)
+    d_std: float
+    log_crossover: float
+    log_cell_counts: float
+    log_surely_empty: float
+    chi_bar: torch.Tensor  # (G,)
+
+
+class EncodeZ(nn.Module):
+    """x / Σx → Linear(G→512) + Softplus → (loc, scale) of q(z)."""
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(n_genes, HIDDEN)
+        self.loc = nn.Linear(HIDDEN, Z_DIM)
+        self.log_scale = nn.Linear(HIDDEN, Z_DIM)
+
+    def forward(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.softplus(self.hidden(x_norm))
+        return self.loc(h), torch.exp(self.log_scale(h).clamp(max=10.0))
+
+
+class Branch(nn.Module):
+    """(G + 4) → 512 BN Softplus → (512 + 4) → 512 BN Softplus → (512 + 4) → 1, the 4 extra
+    features concatenated at every layer."""
+
+    def __init__(self, n_in: int) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(n_in + N_EXTRA, HIDDEN)
+        self.b1 = nn.BatchNorm1d(HIDDEN)
+        self.l2 = nn.Linear(HIDDEN + N_EXTRA, HIDDEN)
+        self.b2 = nn.BatchNorm1d(HIDDEN)
+        self.out = nn.Linear(HIDDEN + N_EXTRA, 1)
+
+    def forward(self, h: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        h = F.softplus(self.b1(self.l1(torch.cat([h, extra], dim=-1))))
+        h = F.softplus(self.b2(self.l2(torch.cat([h, extra], dim=-1))))
+        return self.out(torch.cat([h, extra], dim=-1)).squeeze(-1)
+
+
+class EncodeNonZ(nn.Module):
+    """log1p(1e4·x/Σx) → BatchNorm → Dropout(0.5) → the p (cell logit) and ε branches."""
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_genes)
+        self.drop = nn.Dropout(0.5)
+        self.p = Branch(n_genes)
+        self.eps = Branch(n_genes)
+
+    def forward(
+        self, x_norm: torch.Tensor, extra: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.drop(self.norm(torch.log1p(1e4 * x_norm)))
+        return self.p(h, extra), self.eps(h, extra)
+
+
+class Decoder(nn.Module):
+    """z → Linear(64→512) BN ReLU → Linear(512→G) → log-softmax (log χ)."""
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(Z_DIM, HIDDEN)
+        self.norm = nn.BatchNorm1d(HIDDEN)
+        self.out = nn.Linear(HIDDEN, n_genes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.out(F.relu(self.norm(self.hidden(z)))), dim=-1)
+
+
+@dataclass
+class Guide:
+    """One reparameterised draw of the guide for a minibatch."""
+
+    z_loc: torch.Tensor
+    z_scale: torch.Tensor
+    z: torch.Tensor
+    p_logit: torch.Tensor  # (B,)
+    d_cell_loc: torch.Tensor
+    d_cell: torch.Tensor
+    d_empty: torch.Tensor
+    eps_mean: torch.Tensor
+    eps: torch.Tensor
+    rho: torch.Tensor  # () global draws
+    phi: torch.Tensor
+
+
+@dataclass
+class Terms:
+    loss: torch.Tensor  # −ELBO / B (with regularisers)
+    elbo: torch.Tensor  # the ELBO of the batch (regularisers excluded), summed over droplets
+
+
+def nb_approx_logprob(
+    x: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """log NB(μ, α) ⊛ Poisson(λ) by the moment-matched NB (Poisson(λ) where μ < 1e-5·λ),
+    elementwise, without the −lgamma(x + 1) term (the caller's per-droplet constant)."""
+    mean = mu + lam
+    use_nb = mu > NB_SWITCH * lam
+    mu_safe = torch.where(use_nb, mu, torch.ones_like(mu))
+    r = torch.where(use_nb, alpha * mean.square() / mu_safe, torch.ones_like(mu))
+    log_r_m = torch.log(r + mean)
+    nb = (
+        torch.lgamma(x + r)
+        - torch.lgamma(r)
+        + r * (torch.log(r) - log_r_m)
+        + x * (torch.log(mean) - log_r_m)
+    )
+    pois = x * torch.log(lam) - lam
+    return torch.where(use_nb, nb, pois)
+
+
+class FullModel(nn.Module):
+    """Networks and global parameters of the full model; ``loss`` computes the ELBO."""
+
+    def __init__(
+        self,
+        n_genes: int,
+        chi_ambient: torch.Tensor,
+        empty_counts: float,
+        consts: Constants,
+    ) -> None:
+        super().__init__()
+        self.consts = consts
+        self.encode_z = EncodeZ(n_genes)
+        self.encode_nonz = EncodeNonZ(n_genes)
+        self.decoder = Decoder(n_genes)
+        self.chi_ambient_logits = nn.Parameter(torch.log(chi_ambient.clone()))
+        self.d_empty_loc = nn.Parameter(torch.tensor(math.log(empty_counts)))
+        self.d_empty_log_scale = nn.Parameter(torch.tensor(math.log(0.1)))
+        self.d_cell_log_scale = nn.Parameter(torch.tensor(math.log(0.02)))
+        self.phi_log_conc = nn.Parameter(torch.tensor(math.log(2.0)))
+        self.phi_log_rate = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.rho_log_alpha = nn.Parameter(torch.tensor(math.log(RHO_PRIOR[0])))
+        self.rho_log_beta = nn.Parameter(torch.tensor(math.log(RHO_PRIOR[1])))
+        self.register_buffer("chi_bar", consts.chi_bar.clone())
+
+    # ---- the guide ---------------------------------------------------------------------
+    def rho_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.rho_log_alpha.exp().clamp(1e-3, 1e3),
+            self.rho_log_beta.exp().clamp(1e-3, 1e3),
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The guide's deterministic part: q(z) loc/scale, p logit, ε̂, d_cell loc."""
+        c = self.consts
+        total = x.sum(-1).clamp(min=1.0)
+        x_norm = x / total[:, None]
+        z_loc, z_scale = self.encode_z(x_norm)
+        log_total = torch.log(total)
+        nnz = (x > 0).sum(-1).clamp(min=1).to(x.dtype)
+        closeness = -(log_total - self.d_empty_loc.detach()).abs()
+        extra = torch.stack([log_total, torch.log(nnz), closeness, z_loc.norm(dim=-1)], dim=-1)
+        p_raw, eps_raw = self.encode_nonz(x_norm, extra)
+        delta = log_total - c.log_crossover
+        p_logit = p_raw + torch.sign(delta) * delta.abs().sqrt()
+        p_logit = torch.where(log_total >= c.log_cell_counts, p_logit.clamp(min=10.0), p_logit)
+        p_logit = torch.where(log_total <= c.log_surely_empty, p_logit.clamp(max=-10.0), p_logit)
+        eps_enc = 2.0 * torch.sigmoid(0.2 * eps_raw - math.log(3.0)) + 0.5
+        q1 = torch.sigmoid(p_logit)
+        eps_mean = q1 * eps_enc + (1 - q1)
+        d_cell_loc = q1 * log_total + (1 - q1) * c.log_cell_prior
+        return z_loc, z_scale, p_logit, eps_mean, d_cell_loc
+
+    def guide(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Guide:
+        z_loc, z_scale, p_logit, eps_mean, d_cell_loc = self.encode(x)
+        b = x.shape[0]
+
+        def normal(shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+
+        z = z_loc + z_scale * normal(z_loc.shape)
+        d_cell = torch.exp(d_cell_loc + self.d_cell_log_scale.exp() * normal((b,)))
+        d_empty = torch.exp(self.d_empty_loc + self.d_empty_log_scale.exp() * normal((b,)))
+        eps = torch.distributions.Gamma(
+            torch.full_like(eps_mean, EPS_GUIDE), EPS_GUIDE / eps_mean
+        ).rsample()
+        ra, rb = self.rho_params()
+        rho = torch.distributions.Beta(ra, rb).rsample()
+        phi = torch.distributions.Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).rsample()
+        return Guide(
+            z_loc, z_scale, z, p_logit, d_cell_loc, d_cell, d_empty, eps_mean, eps, rho, phi
+        )
+
+    # ---- the model ---------------------------------------------------------------------
+    def rates(self, g: Guide) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(μ for y = 1, λ for y = 0, λ for y = 1), each (B, G)."""
+        chi = torch.exp(self.decoder(g.z))
+        chi_amb = torch.softmax(self.chi_ambient_logits, dim=-1)
+        eps, rho = g.eps[:, None], g.rho
+        mu = (1 - rho) * eps * g.d_cell[:, None] * chi
+        base = eps * (
+            (1 - rho) * g.d_empty[:, None] * chi_amb + rho * g.d_empty[:, None] * self.chi_bar
+        )
+        lam1 = base + eps * rho * g.d_cell[:, None] * self.chi_bar
+        return mu, base, lam1
+
+    def elbo_terms(
+        self,
+        x: torch.Tensor,
+        lgamma_x1: torch.Tensor,
+        prior_logit: torch.Tensor,
+        n_total: int,
+        g: Guide,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(ELBO per droplet (B,), global ELBO term (), per-droplet pieces)."""
+        c = self.consts
+        mu, lam0, lam1 = self.rates(g)
+        alpha = 1.0 / g.phi
+        ll1 = nb_approx_logprob(x, mu, lam1, alpha).sum(-1) - lgamma_x1
+        ll0 = (x * torch.log(lam0) - lam0).sum(-1) - lgamma_x1
+        q1 = torch.sigmoid(g.p_logit)
+        log_q1, log_q0 = F.logsigmoid(g.p_logit), F.logsigmoid(-g.p_logit)
+        log_p1, log_p0 = F.logsigmoid(prior_logit), F.logsigmoid(-prior_logit)
+        enum = q1 * (log_p1 - log_q1 + ll1) + (1 - q1) * (log_p0 - log_q0 + ll0)
+        # continuous local latents: log p − log q at the sampled values
+        lp_z = -0.5 * (g.z.square() + math.log(2 * math.pi)).sum(-1)
+        lq_z = torch.distributions.Normal(g.z_loc, g.z_scale).log_prob(g.z).sum(-1)
+        log_d = torch.log(g.d_cell)
+        lp_d = torch.distributions.Normal(c.log_cell_prior, c.d_std).log_prob(log_d) - log_d
+        lq_d = (
+            torch.distributions.Normal(g.d_cell_loc, self.d_cell_log_scale.exp()).log_prob(log_d)
+            - log_d
+        )
+        lp_e = torch.distributions.Gamma(EPS_PRIOR, EPS_PRIOR).log_prob(g.eps)
+        lq_e = torch.distributions.Gamma(
+            torch.full_like(g.eps_mean, EPS_GUIDE), EPS_GUIDE / g.eps_mean
+        ).log_prob(g.eps)
+        local = enum + (lp_z - lq_z) + (lp_d - lq_d) + (lp_e - lq_e)
+        ra, rb = self.rho_params()
+        glob = (
+            torch.distributions.Beta(*RHO_PRIOR).log_prob(g.rho)
+            - torch.distributions.Beta(ra, rb).log_prob(g.rho)
+            + torch.distributions.Gamma(*PHI_PRIOR).log_prob(g.phi)
+            - torch.distributions.Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).log_prob(
+                g.phi
+            )
+        )
+        pieces = {"ll0": ll0, "q1": q1, "log_total": torch.log(x.sum(-1).clamp(min=1.0))}
+        return local, glob, pieces
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        lgamma_x1: torch.Tensor,
+        prior_logit: torch.Tensor,
+        n_total: int,
+        generator: torch.Generator | None = None,
+    ) -> Terms:
+        """−(ELBO + regularisers) per droplet of the minibatch (one guide draw)."""
+        c = self.consts
+        g = self.guide(x, generator)
+        local, glob, pc = self.elbo_terms(x, lgamma_x1, prior_logit, n_total, g)
+        b = x.shape[0]
+        elbo = local.sum() + glob * (b / n_total)
+        reg = torch.distributions.Normal(prior_logit.clamp(-10, 10), 2.0).log_prob(g.p_logit).sum()
+        reg = reg + 0.01 * ((1 - pc["q1"]) * pc["ll0"]).sum()
+        far = (pc["log_total"] - c.log_crossover).abs() > 1.0
+        target = torch.where(pc["log_total"] > c.log_crossover, 10.0, -10.0)
+        sup = torch.distributions.Normal(target, 1.0).log_prob(g.p_logit)
+        reg = reg + 10.0 * (sup * far).sum()
+        cells = pc["q1"] > 0.5
+        for mask in (cells, ~cells):
+            if int(mask.sum()) > 0:
+                med = g.eps_mean[mask].median()
+                reg = reg + torch.distributions.Normal(1.0, 0.01).log_prob(med)
+        return Terms(loss=-(elbo + reg) / b, elbo=elbo.detach())
