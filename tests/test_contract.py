@@ -30,6 +30,13 @@ TINY = {
              "bench.warmup_steps=2"],
     "cellbender": ["dataset.n_genes=80", "dataset.cells_per_type=40", "dataset.n_droplets=600",
                    "method.epochs=2", "bench.warmup_steps=2", "method.posterior_samples=4"],
+    "scbert": ["dataset.n_genes=40", "dataset.cells_per_type=30", "dataset.novel_cells=10",
+               "method.epochs_a=1", "method.epochs_b=1", "method.dim=16", "method.hidden1=32",
+               "method.hidden2=16", "method.nb_features=16", "method.prune_target=0.1",
+               "bench.warmup_steps=2"],
+    "cellwhisperer": ["dataset.n_cells=300", "dataset.n_genes=60", "method.epochs=1",
+                      "method.batch_size=32", "method.projection=64", "method.cell_hidden=32",
+                      "method.text_hidden=32", "method.max_tokens=32", "bench.warmup_steps=2"],
 }  # fmt: skip
 
 

@@ -133,6 +133,7 @@ class RunContext:
         max_steps: int | None = None,
         checkpoint: Any = None,
         synchronize: Callable[[], None] = lambda: None,
+        listener: Callable[[str, int, float], None] | None = None,
     ) -> None:
         from harness.bench.checkpoint import Checkpoint
 
@@ -142,12 +143,16 @@ class RunContext:
         self.work = WorkCounter()
         self.series: list[SeriesPoint] = []
         self._sync = synchronize
+        self._listener = listener  # e.g. a live MLflow run streaming the series
         self._marks: list[float] = []
         self.started = time.perf_counter()
 
     def record(self, name: str, value: float, step: int, phase: str = "") -> None:
         """A series point (MLflow metric history ``<phase>/<name>``)."""
-        self.series.append(SeriesPoint(name, int(step), float(value), phase))
+        point = SeriesPoint(name, int(step), float(value), phase)
+        self.series.append(point)
+        if self._listener is not None:
+            self._listener(point.key, point.step, point.value)
 
     def mark(self, step: int, phase: str = "", **metrics: float) -> None:
         """End of an epoch (or another unit of training): the harness takes the time (after a

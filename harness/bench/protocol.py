@@ -130,6 +130,7 @@ def measure(
     digest: Callable[[dict[str, Any]], str],
     reporter: Reporter,
     checkpoint: Any = None,
+    listener: Callable[[str, int, float], None] | None = None,
 ) -> Measurement:
     """Run the protocol of ``timing`` (module doc); every run is hashed."""
     m = Measurement(timing=timing)
@@ -152,7 +153,7 @@ def measure(
             reporter.run_done("warmup", i + 1, n_warm, seconds, m.warmup_hashes[-1])
         reset_peak_memory(runtime)
         for i in range(n_timed):
-            ctx = RunContext(checkpoint=checkpoint, synchronize=sync)
+            ctx = RunContext(checkpoint=checkpoint, synchronize=sync, listener=listener)
             seconds, cpu, m.result = timed_call(run, runtime, ctx)
             m.elapsed.append(seconds)
             m.cpu_s.append(cpu)

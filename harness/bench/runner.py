@@ -81,6 +81,7 @@ class Benchmark:
         self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
         self.started = datetime.now(timezone.utc)
         self.finished: datetime | None = None
+        self.live: Any = None  # the live MLflow run of a trainer (sinks/record.py)
 
     # ---- the data flow -------------------------------------------------------------------
     def load(self, dataset_cfg: Any = None) -> Any:
@@ -148,6 +149,12 @@ class Benchmark:
         trainer's checkpoint, and the baseline when there is none and bench.baseline allows)."""
         method, data, state = self.setup(data)
         bench = self.top.bench
+        listener = None
+        if self.top.tracking.mlflow and self.spec.TIMING == "train":
+            from harness.sinks import record
+
+            self.live = record.open_live(self)
+            listener = self.live.add if self.live is not None else None
         m = measure(
             lambda ctx: method.run(state, ctx),
             self.runtime,
@@ -158,6 +165,7 @@ class Benchmark:
             self.digest,
             self.reporter,
             checkpoint=self.checkpoint(),
+            listener=listener,
         )
         return self.conclude(method, data, m)
 

@@ -158,6 +158,8 @@ class TrackingConfig:
     # None: sqlite:///<paths.results>/mlflow.db (absolute); MLFLOW_TRACKING_URI wins over None
     uri: str | None = None
     experiment: str | None = None  # None: the method name
+    # trainers stream their per-epoch series to a RUNNING MLflow run every this many seconds
+    live_interval_s: float = field(default=10.0, metadata=rng(gt=0))
 
 
 @dataclass
@@ -209,13 +211,17 @@ class DecisionConfig:
     # keep only when the gain exceeds min_gain with confidence 1 - alpha
     min_gain: float = field(default=0.01, metadata=rng(ge=0, lt=1))
     alpha: float = field(default=0.01, metadata=rng(gt=0, lt=0.5))  # false keeps
-    beta: float = field(default=0.05, metadata=rng(gt=0, lt=0.5))  # futility stops
+    interim_alpha: float = field(default=0.001, metadata=rng(gt=0, lt=0.5))  # per early look
+    # futility: discard once the gain is below `detect` with confidence 1 - beta
+    detect: float = field(default=0.04, metadata=rng(ge=0, lt=1))
+    beta: float = field(default=0.1, metadata=rng(gt=0, lt=0.5))
     rounds: int = field(default=4, metadata=rng(ge=1))  # fresh inputs per worker pair
     min_pairs: int = field(default=2, metadata=rng(ge=1))
-    max_pairs: int = field(default=6, metadata=rng(ge=1))
+    max_pairs: int = field(default=16, metadata=rng(ge=1))
     max_seconds: float = field(default=600.0, metadata=rng(gt=0))
-    # floor of the between-pair sd of mean log ratios, calibrated on this kind of machine
-    # (benchmarks/loop_power.py: the sd of real A/A pair statistics)
+    # floor of the between-pair sd of mean log ratios, calibrated on this kind of machine:
+    # 5.6% over 60 real A/A pairs of 4 rounds (RCTD 1000 px, ~1 s runs, the 2-core CI VM;
+    # benchmarks/loop_power.py collect + analyse)
     pair_sd: float = field(default=0.05, metadata=rng(gt=0))
     max_slowdown: float = field(default=0.01, metadata=rng(ge=0, lt=1))  # the neutral route
     # wall: round-trip time measured by the judge (CUDA-synchronised by the worker); cpu: the

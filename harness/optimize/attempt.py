@@ -83,9 +83,9 @@ def launch_for(cfg: Any) -> Launch:
 
 def rule_for(cfg: Any, neutral: bool = False) -> Rule:
     return Rule(
-        min_gain=cfg.min_gain, alpha=cfg.alpha, beta=cfg.beta, min_pairs=cfg.min_pairs,
-        max_pairs=cfg.max_pairs, pair_sd=cfg.pair_sd, max_slowdown=cfg.max_slowdown,
-        neutral=neutral,
+        min_gain=cfg.min_gain, alpha=cfg.alpha, beta=cfg.beta, detect=cfg.detect,
+        interim_alpha=cfg.interim_alpha, min_pairs=cfg.min_pairs, max_pairs=cfg.max_pairs,
+        pair_sd=cfg.pair_sd, max_slowdown=cfg.max_slowdown, neutral=neutral,
     )  # fmt: skip
 
 

@@ -8,14 +8,18 @@ pairs and its standard error: the sample standard deviation over pairs, floored 
 calibrated between-pair spread ``pair_sd`` (few pairs cannot estimate a spread; the floor is
 measured on this machine by ``benchmarks/loop_power.py``). With θ = log(1 − min_gain):
 
-    keep      if  d̄ + q_keep · se < θ     the gain exceeds min_gain with confidence 1 − α
-    discard   if  d̄ − q_stop · se > θ     the gain is below min_gain (futility)
-    discard   at max_pairs or max_seconds  (inconclusive)
+    keep      if  d̄ + q_keep · se < θ               the gain exceeds min_gain (confidence 1 − α)
+    discard   if  1 − exp(d̄ − q_β · se) < detect    the gain is credibly below ``detect``, the
+                                                     smallest gain worth the time (futility)
+    discard   at max_pairs or max_seconds            (inconclusive)
     otherwise another pair
 
-The false-keep rate α (``loop.alpha``) is spent over the looks by Bonferroni (α / number of
-possible looks), so stopping early cannot inflate it; ``q`` is the normal quantile when the
-floor sets the spread, Student's t with n − 1 degrees of freedom when the pairs are noisier.
+The false-keep rate α (``loop.alpha``) is spent Haybittle–Peto style: every interim look keeps
+only at the strict ``interim_alpha`` (0.1%), the final look (max_pairs, or the time budget) at
+what is left, α − (looks − 1)·interim_alpha (at least α/2) — a Bonferroni bound, so stopping
+early cannot inflate the false-keep rate, while most of α stays for the last, best-informed
+look. ``q`` is the normal quantile when the floor sets the spread, Student's t with n − 1
+degrees of freedom when the pairs are noisier.
 A ``neutral`` decision (an equal-result simplification) uses θ = log(1 + max_slowdown): kept
 when the candidate is credibly not slower than that.
 """
@@ -32,7 +36,9 @@ from scipy import stats
 class Rule:
     min_gain: float = 0.01
     alpha: float = 0.01  # false keeps
-    beta: float = 0.05  # futility stops of a candidate right at the threshold
+    beta: float = 0.1  # futility: confidence that the gain is below ``detect``
+    detect: float = 0.04  # the smallest gain the futility rule keeps measuring for
+    interim_alpha: float = 0.001
     min_pairs: int = 2
     max_pairs: int = 8
     pair_sd: float = 0.02  # calibrated floor of the between-pair sd of mean log ratios
@@ -42,6 +48,14 @@ class Rule:
     @property
     def looks(self) -> int:
         return max(1, self.max_pairs - self.min_pairs + 1)
+
+    def alpha_at(self, final: bool) -> float:
+        """The one-sided level of a look (module doc)."""
+        if self.looks == 1:
+            return self.alpha
+        if not final:
+            return min(self.interim_alpha, self.alpha / self.looks)
+        return max(self.alpha - (self.looks - 1) * self.interim_alpha, self.alpha / 2)
 
     @property
     def threshold(self) -> float:
@@ -84,24 +98,32 @@ def decide(pair_stats: list[float], rule: Rule, out_of_budget: bool = False) -> 
     d = sum(pair_stats) / n
     sd, df = _spread(pair_stats, rule.pair_sd)
     se = sd / math.sqrt(n)
-    q_keep = _quantile(1 - rule.alpha / rule.looks, df)
+    final = n >= rule.max_pairs or out_of_budget
+    q_keep = _quantile(1 - rule.alpha_at(final), df)
     q_stop = _quantile(1 - rule.beta, df)
-    upper, lower = d + q_keep * se, d - q_stop * se
+    upper = d + q_keep * se
     gain, gain_lo, gain_hi = 1 - math.exp(d), 1 - math.exp(upper), 1 - math.exp(d - q_keep * se)
     theta = rule.threshold
-    target = (
-        f"not slower than {rule.max_slowdown:.1%}"
-        if rule.neutral
-        else f"gain > {rule.min_gain:.1%}"
-    )
+    if rule.neutral:
+        target = f"not slower than {rule.max_slowdown:.1%}"
+    else:
+        target = f"gain > {rule.min_gain:.1%}"
     where = f"gain {gain:+.2%} [{gain_lo:+.2%}, {gain_hi:+.2%}] over {n} pairs"
     if n >= rule.min_pairs and upper < theta:
-        return Decision(
-            "keep", gain, gain_lo, gain_hi, n, f"{where}: {target} (α={rule.alpha})", "confident"
-        )
-    if n >= rule.min_pairs and lower > theta:
-        return Decision("discard", gain, gain_lo, gain_hi, n, f"{where}: not {target}", "futile")
-    if n >= rule.max_pairs or out_of_budget:
+        reason = f"{where}: {target} (α={rule.alpha})"
+        return Decision("keep", gain, gain_lo, gain_hi, n, reason, "confident")
+    # futility: for a speed-up, credibly below the smallest gain worth measuring; for the
+    # neutral route, credibly slower than allowed
+    if rule.neutral:
+        futile = d - q_stop * se > theta
+        below = f"slower than {rule.max_slowdown:.1%}"
+    else:
+        worth = max(rule.detect, rule.min_gain)
+        futile = 1 - math.exp(d - q_stop * se) < worth
+        below = f"gain below {worth:.0%}, not {target}"
+    if n >= rule.min_pairs and futile:
+        return Decision("discard", gain, gain_lo, gain_hi, n, f"{where}: {below}", "futile")
+    if final:
         budget = "max_pairs" if n >= rule.max_pairs else "max_seconds"
         reason = f"{where}: inconclusive at {budget} ({target}?)"
         return Decision("discard", gain, gain_lo, gain_hi, n, reason, "budget")

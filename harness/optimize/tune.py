@@ -146,7 +146,8 @@ class Study:
 
     def run(self) -> Any:
         import optuna
-        from optuna.study import MaxTrialsCallback
+
+        from harness.optimize.trials import run_trials, storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         legacy = {}
@@ -154,27 +155,24 @@ class Study:
             legacy["constraints_func"] = lambda t: t.user_attrs.get("constraint", [1.0])
         sampler = optuna.samplers.TPESampler(seed=self.valid.top.tune.seed, **legacy)
         self.results.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            study_name=self.name,
-            storage=self.storage,
-            load_if_exists=True,
-            direction="minimize",
-            sampler=sampler,
-        )
+        study = _create(optuna, self.name, storage(self.storage), sampler)
         total = self.valid.top.tune.n_trials
-        remaining = total - len(study.trials)
         print(
             f"tune {self.name}: {len(study.trials)} trials stored, target {total} ({self.storage})"
         )
-        if remaining > 0:
-            self.ensure_baseline()
-            study.optimize(
-                self.objective,
-                n_trials=remaining,
-                catch=(Exception,),
-                callbacks=[MaxTrialsCallback(total, states=None)],
-            )
+        self.ran = run_trials(study, self.storage, total, self.objective, self.ensure_baseline)
         return study
+
+
+def _create(optuna: Any, name: str, store: Any, sampler: Any) -> Any:
+    """Create or load the study (two workers creating it at once: one wins, both load it)."""
+    try:
+        return optuna.create_study(
+            study_name=name, storage=store, load_if_exists=True, direction="minimize",
+            sampler=sampler,
+        )  # fmt: skip
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=store, sampler=sampler)
 
 
 def report(study: Any, overheads: list[float], accept: list[str]) -> Any:
@@ -198,6 +196,22 @@ def report(study: Any, overheads: list[float], accept: list[str]) -> Any:
     return study.best_trial if feasible else None
 
 
+def _last_writer(study: Any, url: str, best: int) -> bool:
+    """True for exactly one worker of a finished study: the first to find every trial
+    finished and the best not yet written (decided under the workers' claim lock)."""
+    from harness.optimize.trials import claim_lock
+
+    with claim_lock(url, study.study_name):
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state.name in ("RUNNING", "WAITING") for t in trials):
+            print(f"tune {study.study_name}: other workers still run trials; they write the result")
+            return False
+        if study.user_attrs.get("tuned_written") == best:
+            return False
+        study.set_user_attr("tuned_written", best)
+        return True
+
+
 def run(argv: list[str]) -> int:
     """Run (or resume) the study, print it, write and maybe commit the best parameters."""
     from harness.optimize.tuneloop import loop_overrides
@@ -209,7 +223,7 @@ def run(argv: list[str]) -> int:
         print(f"tune {session.name}: no feasible trial yet")
         return 1
     print(f"best feasible: trial {best.number}, median {best.value:.4f} s, {best.params}")
-    if session.valid.top.tune.write:
+    if session.valid.top.tune.write and _last_writer(study, session.storage, best.number):
         m, hw = session.valid.method.name, session.valid.top.hardware.name
         path = tuned_path(m, hw)
         header = (

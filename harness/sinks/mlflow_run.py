@@ -1,16 +1,28 @@
-"""MLflow sink: one run per benchmark. mlflow is imported only here, only when enabled."""
+"""MLflow sink: one run per benchmark. mlflow is imported only here, only when enabled.
+
+A run is created with the benchmark's real start time (so the UI's Duration is the wall time)
+and finished with its end time. Trainers open their run when training starts (status RUNNING)
+and stream the per-epoch series as they happen (:class:`LiveRun`: buffered, flushed by a
+background thread every few seconds, so logging never sits in the timed region); the run ends
+FINISHED, FAILED (a crash: the series so far and the log kept) or KILLED (a timeout).
+Experiments are created as model-training experiments (``mlflow.experimentKind``), so the UI
+opens them on their runs table.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 _MAX_PARAM_LEN = 6000
 _BATCH = 100  # MLflow's log_batch limit for params and tags
 _METRIC_BATCH = 1000  # ... and for metrics
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -30,20 +42,64 @@ def default_uri(results_dir: Path) -> str:
     return f"sqlite:///{results_dir.resolve()}/mlflow.db"
 
 
+def _client(uri: str) -> Any:
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # table-creation chatter on a new database
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
 def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another job created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        try:
+            return client.create_experiment(
+                name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+            )
+        except MlflowException:  # another job created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+        with contextlib.suppress(MlflowException):
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def _metric_list(
+    metrics: Mapping[str, float], series: Mapping[str, list[tuple[int, float]]], now: int
+) -> list[Any]:
+    from mlflow.entities import Metric
+
+    out = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
+    out += [
+        Metric(k, float(v), now, int(step))
+        for k, points in series.items()
+        for step, v in points
+        if v is not None and v == v
+    ]
+    return out
+
+
+def open_run(
+    uri: str, experiment: str, run_name: str, start_ms: int, artifact_root: Path | None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """Create a RUNNING run started at ``start_ms``; returns its id."""
+    from mlflow.entities import RunTag
+
+    client = _client(uri)
+    exp_id = _experiment_id(client, experiment, artifact_root)
+    run = client.create_run(exp_id, run_name=run_name, start_time=start_ms)
+    if tags:
+        client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    return run.info.run_id
 
 
 def log_run(
@@ -57,34 +113,23 @@ def log_run(
     texts: Mapping[str, str],
     status: str,
     artifact_root: Path | None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    run_id: str | None = None,
 ) -> str:
-    """Create a finished MLflow run in one go and return its id.
+    """Log a benchmark into a run (a new one, or ``run_id`` opened live) and finish it.
 
-    ``series`` are per-step metrics as (step, value) pairs (e.g. per-epoch ELBO); ``texts`` are small
-    artifacts (resolved config, run log); ``status`` is FINISHED, FAILED or KILLED.
+    ``series`` are per-step metrics as (step, value) pairs (e.g. per-epoch ELBO); ``texts`` are
+    small artifacts (resolved config, run log); ``status`` is FINISHED, FAILED or KILLED.
     """
-    import logging
+    from mlflow.entities import Param, RunTag
 
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
-    for name in ("mlflow", "alembic"):  # table-creation chatter on a new database
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = _experiment_id(client, experiment, artifact_root)
-    run = client.create_run(exp_id, run_name=run_name)
-    run_id = run.info.run_id
+    client = _client(uri)
+    if run_id is None:
+        run_id = open_run(uri, experiment, run_name, start_ms or int(time.time() * 1000),
+                          artifact_root)  # fmt: skip
     now = int(time.time() * 1000)
-    metric_list = [
-        Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v
-    ]
-    metric_list += [
-        Metric(k, float(v), now, int(step))
-        for k, points in series.items()
-        for step, v in points
-        if v is not None and v == v
-    ]
+    metric_list = _metric_list(metrics, series, now)
     param_list = [Param(k[:250], v) for k, v in params.items()]
     tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
     for i in range(0, max(len(param_list), len(tag_list), 1), _BATCH):
@@ -93,5 +138,51 @@ def log_run(
         client.log_batch(run_id, metrics=metric_list[i : i + _METRIC_BATCH])
     for name, text in texts.items():
         client.log_text(run_id, text, name)
-    client.set_terminated(run_id, status=status)
+    client.set_terminated(run_id, status=status, end_time=end_ms or now)
     return run_id
+
+
+class LiveRun:
+    """A trainer's run, open while it trains: series points are buffered and flushed to MLflow
+    by a background thread every ``interval_s`` (and once at the end)."""
+
+    def __init__(self, uri: str, run_id: str, interval_s: float, lock: Callable[[], Any]) -> None:
+        self.uri, self.run_id, self.interval_s, self.lock = uri, run_id, interval_s, lock
+        self._points: list[tuple[str, int, float]] = []
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.errors = 0
+        self._thread.start()
+
+    def add(self, key: str, step: int, value: float) -> None:
+        with self._guard:
+            self._points.append((key, int(step), float(value)))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._guard:
+            points, self._points = self._points, []
+        if not points:
+            return
+        try:
+            series: dict[str, list[tuple[int, float]]] = {}
+            for key, step, value in points:
+                series.setdefault(key, []).append((step, value))
+            with self.lock():
+                client = _client(self.uri)
+                metrics = _metric_list({}, series, int(time.time() * 1000))
+                for i in range(0, len(metrics), _METRIC_BATCH):
+                    client.log_batch(self.run_id, metrics=metrics[i : i + _METRIC_BATCH])
+        except Exception:  # live logging is best effort: the final record still logs all
+            self.errors += 1
+            with self._guard:
+                self._points = points + self._points
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()

@@ -3,12 +3,12 @@ row — the row always, even when tracking fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from harness.core.errors import print_error
 from harness.core.fsio import locked
 from harness.sinks.results_tsv import append_row
 
@@ -38,23 +38,59 @@ def sqlite_lock_path(uri: str) -> str | None:
     return uri.removeprefix("sqlite:///").split("?", 1)[0] + ".lock"
 
 
+def _lock(uri: str) -> Any:
+    path = sqlite_lock_path(uri)
+    return locked(path, timeout_s=600) if path else contextlib.nullcontext()
+
+
+def run_name(bench: Benchmark) -> str:
+    """What a run was: method · dataset · hardware · short commit (· its overrides in a sweep)."""
+    parts = [bench.method_cfg.name, bench.dataset_cfg.name, bench.top.hardware.name,
+             bench.env["commit"][:7] or "nogit"]  # fmt: skip
+    if bench.sweep_id:
+        swept = [o for o in bench.overrides if o.split("=", 1)[0].lstrip("+").startswith(
+            ("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
+        parts += swept[:4]
+    return " · ".join(parts)
+
+
+def open_live(bench: Benchmark) -> Any:
+    """A RUNNING MLflow run for a trainer, streaming its series (None if MLflow fails now: the
+    final record retries and reports)."""
+    from harness.sinks.mlflow_run import LiveRun, open_run
+
+    uri = tracking_uri(bench)
+    try:
+        with _lock(uri):
+            run_id = open_run(
+                uri, bench.top.tracking.experiment or bench.method_cfg.name, run_name(bench),
+                int(bench.started.timestamp() * 1000), _artifacts(bench, uri),
+                {"status": "running", "timing": bench.spec.TIMING},
+            )  # fmt: skip
+    except Exception:
+        return None
+    return LiveRun(uri, run_id, bench.top.tracking.live_interval_s, lambda: _lock(uri))
+
+
+def _artifacts(bench: Benchmark, uri: str) -> Any:
+    return bench.results / "mlartifacts" if uri.startswith("sqlite") else None
+
+
 def write(bench: Benchmark, outcome: Outcome) -> None:
     """MLflow run first (its id goes into the row), then the results.tsv row."""
     if bench.top.tracking.mlflow:
         uri = tracking_uri(bench)
         try:
-            lock = sqlite_lock_path(uri)
-            if lock:
-                with locked(lock, timeout_s=600):
-                    outcome.mlflow_run_id = log_mlflow(bench, outcome, uri)
-            else:
+            if bench.live is not None:
+                bench.live.close()
+            with _lock(uri):
                 outcome.mlflow_run_id = log_mlflow(bench, outcome, uri)
         except Exception as exc:  # the row must not be lost because tracking failed
-            outcome.error = outcome.error or f"MLflow logging failed: {exc}"
-            print_error(
-                f"MLflow logging to {uri} failed ({type(exc).__name__}: {exc}); the "
-                "results.tsv row is written without an mlflow_run_id. Many concurrent jobs need "
-                "a shared tracking server: tracking.uri=http://<host>:5000"
+            first = " ".join(str(exc).split())[:200]
+            outcome.error = outcome.error or (
+                f"MLflow logging to {uri} failed ({type(exc).__name__}: {first}); the "
+                "results.tsv row is written without an mlflow_run_id (many concurrent jobs need "
+                "a shared tracking server: tracking.uri=http://<host>:5000)"
             )
     append_row(bench.results / "results.tsv", row(bench, outcome))
 
@@ -104,10 +140,11 @@ def log_mlflow(bench: Benchmark, o: Outcome, uri: str) -> str:
             warmup_s=sum(m.warmup_s),
             peak_mem_mb=m.peak_mem_mb,
         )
+        streamed = bench.live is not None and not bench.live.errors
         series = {
             "run_elapsed_s": list(enumerate(m.elapsed)),
             "warmup_elapsed_s": list(enumerate(m.warmup_s)),
-            **m.result.series_by_key(),
+            **({} if streamed else m.result.series_by_key()),
         }
     env = bench.env
     tags = {
@@ -134,10 +171,11 @@ def log_mlflow(bench: Benchmark, o: Outcome, uri: str) -> str:
         tags["error"] = o.error
     resolved = OmegaConf.to_container(bench.raw, resolve=True)
     status = {"crash": "FAILED", "timeout": "KILLED"}.get(o.status, "FINISHED")
+    finished = bench.finished or bench.started
     return log_run(
         uri=uri,
         experiment=bench.top.tracking.experiment or bench.method_cfg.name,
-        run_name=f"{bench.method_cfg.name}-{bench.dataset_cfg.name}-{bench.top.hardware.name}",
+        run_name=run_name(bench),
         params=flatten(resolved),
         metrics=metrics,
         tags=tags,
@@ -147,5 +185,8 @@ def log_mlflow(bench: Benchmark, o: Outcome, uri: str) -> str:
             "run.log": bench.reporter.text(),
         },
         status=status,
-        artifact_root=bench.results / "mlartifacts" if uri.startswith("sqlite") else None,
+        artifact_root=_artifacts(bench, uri),
+        start_ms=int(bench.started.timestamp() * 1000),
+        end_ms=int(finished.timestamp() * 1000),
+        run_id=bench.live.run_id if bench.live is not None else None,
     )

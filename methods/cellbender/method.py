@@ -79,12 +79,13 @@ class CellBender:
             )
         umi = np.asarray(x.sum(axis=1)).ravel()
         p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
-        n_empty = int(np.sum((umi >= c.low_count_threshold) & (umi < p.surely_empty)))
-        if n_empty < max(10, p.expected_cells // 10):
+        low = 0.1 * p.cell_counts
+        n_empty = int(np.sum((umi >= c.low_count_threshold) & (umi < low)))
+        if n_empty < max(50, p.expected_cells // 2):
             raise UserError(
-                f"dataset: only {n_empty} empty droplets (below {p.surely_empty:.0f} UMI); "
-                "remove-background needs the raw, unfiltered matrix (empties included), not a "
-                "filtered one"
+                f"dataset: only {n_empty} droplets below 10% of the typical cell's {p.cell_counts:.0f} "
+                "UMI: remove-background needs the raw, unfiltered matrix (empty droplets "
+                "included), not a filtered one"
             )
         if c.total_droplets_included is not None and c.total_droplets_included > adata.n_obs:
             raise UserError(

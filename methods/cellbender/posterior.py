@@ -87,6 +87,7 @@ def noise_posterior(
 ) -> NoisePosterior:
     """The noise-count posterior of every nonzero entry of ``cells`` (module doc, step 2)."""
     model.eval()
+    torch.manual_seed(seed)  # the Gamma/Beta draws use the global generator
     gen = torch.Generator(device=staged.device).manual_seed(seed)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("r", "c", "x", "k0", "lp", "ex")}
     ks = torch.arange(window, device=staged.device, dtype=staged.dtype)

@@ -1,0 +1,224 @@
+"""CellBender side by side: ours vs cellbender 0.4.0 (out of process) on the same raw matrix.
+
+    python benchmarks/cellbender_peer.py [--data simulate|synthetic|pbmc68k] [--epochs 20]
+        [--droplets 6000 --cells 700 --genes 1200 --total 3000] [--threads 1] [--workdir DIR]
+
+``simulate`` draws the case with cellbender's own simulator (``generate_sample_dirichlet_
+dataset``, full model; needs cellbender installed: ``pip install -e ".[peers]"`` or a separate
+venv given by ``--peer-python``), ``synthetic`` / ``pbmc68k`` use this project's generators.
+Both tools get the same file, epochs, learning rate, expected cells, analysed droplets and
+thread count; cellbender is only ever run as a command. Prints for each: s/epoch, training,
+posterior and estimation time, total wall time, and the quality against the same truth (cell
+F1, ambient correlation, background removed, signal kept, per-gene over-removal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+PEER_SIMULATE = r"""
+import sys, numpy as np, scipy.sparse as sp, anndata, pandas as pd
+from cellbender.remove_background.data.extras.simulate import generate_sample_dirichlet_dataset
+n_genes, n_cells, n_droplets, seed, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+np.random.seed(seed)
+d = generate_sample_dirichlet_dataset(n_genes=n_genes, cells_of_each_type=[n_cells // 3] * 3,
+    n_droplets=n_droplets, model_type="full", cell_mean_umi=[5000], empty_mean_umi=200)
+true = sp.csr_matrix(d["counts_true"]); bkg = sp.csr_matrix(d["counts_bkg"])
+obs = pd.DataFrame({"cell": np.asarray(d["droplet_labels"]) > 0,
+                    "cell_type": np.asarray(d["droplet_labels"]).astype(str)},
+                   index=[f"BC{i:07d}" for i in range(true.shape[0])])
+a = anndata.AnnData(X=sp.csr_matrix(true + bkg, dtype=np.float32), obs=obs,
+                    var=pd.DataFrame(index=[f"g{i}" for i in range(true.shape[1])]))
+a.layers["counts_true"] = sp.csr_matrix(true, dtype=np.float32)
+a.layers["counts_bkg"] = sp.csr_matrix(bkg, dtype=np.float32)
+a.uns["chi_ambient"] = np.asarray(d["chi_ambient"], dtype=np.float64)
+a.write_h5ad(out)
+"""
+
+PEER_READ = r"""
+import sys, numpy as np, scipy.sparse as sp
+from cellbender.remove_background.downstream import anndata_from_h5
+a = anndata_from_h5(sys.argv[1])
+np.savez(sys.argv[2], data=sp.csr_matrix(a.X).data, indices=sp.csr_matrix(a.X).indices,
+         indptr=sp.csr_matrix(a.X).indptr, shape=np.array(a.X.shape),
+         barcodes=np.asarray(a.obs_names).astype(str),
+         p=np.asarray(a.obs.get("cell_probability", np.ones(a.n_obs))),
+         ambient=np.asarray(a.var.get("ambient_expression", np.zeros(a.n_vars))))
+"""
+
+
+def make_data(args: argparse.Namespace, path: Path) -> None:
+    if args.data == "simulate":
+        code = subprocess.run(
+            [args.peer_python, "-c", PEER_SIMULATE, str(args.genes), str(args.cells),
+             str(args.droplets), str(args.seed), str(path)], check=False,
+        ).returncode  # fmt: skip
+        if code:
+            raise SystemExit("cellbender's simulator failed (is cellbender installed?)")
+        return
+    from harness.api import prepared  # noqa: F401 - ensures the harness imports
+
+    if args.data == "synthetic":
+        from methods.cellbender.data import SyntheticConfig, synthetic
+
+        cfg = SyntheticConfig(name="droplets/synthetic", _target_="x", _schema_="x",
+                              n_genes=args.genes, cells_per_type=args.cells // 3,
+                              n_droplets=args.droplets, seed=args.seed)  # fmt: skip
+        adata = synthetic(cfg)["droplets"]
+    else:
+        from methods.cellbender.data import PBMCConfig, pbmc68k
+
+        adata = pbmc68k(PBMCConfig(name="droplets/pbmc68k", _target_="x", _schema_="x"))["droplets"]
+    adata.uns.pop("truth", None)
+    adata.uns.pop("generator", None)
+    adata.write_h5ad(path)
+
+
+def quality(adata, denoised: sp.csr_matrix, p: np.ndarray, ambient: np.ndarray) -> dict:
+    from methods.cellbender.check import quality as q
+
+    return q({"denoised": denoised, "cell_probability": p, "ambient": ambient}, adata)
+
+
+def run_ours(args: argparse.Namespace, raw: Path, work: Path, n_cells: int) -> dict:
+    out = work / "ours.h5ad"
+    cmd = [sys.executable, "-m", "harness", "method=cellbender", "dataset=droplets/file",
+           f"dataset.path={raw}", f"method.epochs={args.epochs}", f"method.lr={args.lr}",
+           f"method.expected_cells={n_cells}", f"method.total_droplets_included={args.total}",
+           "hardware=cpu", f"hardware.threads={args.threads}", "tracking.mlflow=false",
+           "bench.baseline=off", f"run.output={out}", f"paths.results={work / 'results'}"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"ours failed:\n{proc.stderr[-2000:]}")
+    m = {k: float(v) for k, v in re.findall(r"^\s+(\w+)\s+: ([-0-9.e+]+)", proc.stdout, re.M)}
+    import anndata
+
+    a = anndata.read_h5ad(out)
+    return {
+        "s_per_epoch": m["train_s"] / args.epochs,
+        "train_s": m["train_s"],
+        "posterior_s": m["posterior_s"],
+        "estimate_s": m["estimate_s"],
+        "total_s": m["train_s"] + m["posterior_s"] + m["estimate_s"],
+        "wall_s": wall,
+        "denoised": sp.csr_matrix(a.X),
+        "p": a.obs["cell_probability"].to_numpy(),
+        "ambient": a.var["ambient_expression"].to_numpy(),
+    }
+
+
+def run_cellbender(args: argparse.Namespace, raw: Path, work: Path, n_cells: int, adata) -> dict:
+    out = work / "cellbender" / "out.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cli = Path(args.peer_python).with_name("cellbender")
+    cmd = [str(cli), "remove-background", "--input", str(raw), "--output", str(out),
+           "--expected-cells", str(n_cells), "--total-droplets-included", str(args.total),
+           "--epochs", str(args.epochs), "--learning-rate", str(args.lr),
+           "--cpu-threads", str(args.threads)]  # fmt: skip
+    t0 = time.perf_counter()
+    log = (work / "cellbender" / "stdout.log").open("w")
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out.parent)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"cellbender failed (see {log.name})")
+    text = (out.parent / "out.log").read_text() if (out.parent / "out.log").exists() else ""
+    phases = _phases(text)
+    npz = work / "cellbender" / "read.npz"
+    subprocess.run([args.peer_python, "-c", PEER_READ, str(out), str(npz)], check=True)
+    z = np.load(npz, allow_pickle=False)
+    m = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+    index = {b: i for i, b in enumerate(adata.obs_names)}
+    rows = np.array([index[b] for b in z["barcodes"]])
+    coo = m.tocoo()
+    denoised = sp.csr_matrix((coo.data, (rows[coo.row], coo.col)), shape=adata.shape)
+    p = np.zeros(adata.n_obs)
+    p[rows] = z["p"]
+    return {**phases, "wall_s": wall, "denoised": denoised, "p": p, "ambient": z["ambient"]}
+
+
+def _phases(log: str) -> dict:
+    """Training / posterior / estimation seconds from cellbender's log timestamps."""
+    stamps = []
+    for line in log.splitlines():
+        m = re.match(
+            r"cellbender:remove-background: \[(\w{3} \w{3}\s+\d+ [\d:]+ \d{4})\]\s*(.*)", line
+        )
+        if m:
+            stamps.append((time.mktime(time.strptime(m[1], "%a %b %d %H:%M:%S %Y")), m[2]))
+
+    def first(pattern: str) -> float | None:
+        return next((t for t, msg in stamps if re.search(pattern, msg)), None)
+
+    t_train, t_post = first(r"[Ee]poch"), first(r"[Pp]osterior")
+    t_est, t_end = first(r"[Ee]stimat|noise"), stamps[-1][0] if stamps else None
+    out: dict = {}
+    if t_train and t_post:
+        out["train_s"] = t_post - t_train
+    if t_post and t_est:
+        out["posterior_s"] = t_est - t_post
+    if t_est and t_end:
+        out["estimate_s"] = t_end - t_est
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", choices=["simulate", "synthetic", "pbmc68k"], default="simulate")
+    ap.add_argument("--droplets", type=int, default=6000)
+    ap.add_argument("--cells", type=int, default=700)
+    ap.add_argument("--genes", type=int, default=1200)
+    ap.add_argument("--total", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peer-python", default=sys.executable)
+    ap.add_argument("--workdir", type=Path, default=Path("results/peer/cellbender"))
+    ap.add_argument("--skip-peer", action="store_true")
+    args = ap.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    raw = work / f"raw-{args.data}.h5ad"
+    make_data(args, raw)
+    import anndata
+
+    adata = anndata.read_h5ad(raw)
+    n_cells = int(adata.obs["cell"].sum())
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    results = {"ours": run_ours(args, raw, work, n_cells)}
+    if not args.skip_peer:
+        results["cellbender 0.4.0"] = run_cellbender(args, raw, work, n_cells, adata)
+    print(f"{args.data}: {adata.n_obs} droplets, {n_cells} cells, {adata.n_vars} genes; "
+          f"{args.total} analysed, {args.epochs} epochs, {args.threads} thread(s)")  # fmt: skip
+    keys = ("s_per_epoch", "train_s", "posterior_s", "estimate_s", "wall_s")
+    qkeys = ("cell_f1", "ambient_corr", "background_removed", "signal_kept", "over_removal")
+    print(f"{'tool':18}" + "".join(f"{k:>14}" for k in keys + qkeys))
+    summary = {}
+    for name, r in results.items():
+        if "train_s" in r and "s_per_epoch" not in r:
+            r["s_per_epoch"] = r["train_s"] / args.epochs
+        q = quality(adata, r["denoised"], r["p"], r["ambient"])
+        row = {**{k: r.get(k) for k in keys}, **{k: q.get(k) for k in qkeys}}
+        summary[name] = row
+        print(
+            f"{name:18}"
+            + "".join(f"{v:14.4g}" if v is not None else f"{'-':>14}" for v in row.values())
+        )
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""CellWhisperer correctness (read-only surface): zero-shot quality against the labels and the
+tolerance tier against a baseline, from the outputs only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from methods.cellwhisperer import zeroshot
+from methods.cellwhisperer.config import CellWhispererTolerance
+
+
+def eval_labels(adata: Any) -> tuple[list[str], np.ndarray]:
+    """The label names (prompt order) and the evaluation cells' label indices."""
+    col = adata.obs["cell_type"]
+    labels = (
+        [str(v) for v in col.cat.categories]
+        if hasattr(col, "cat")
+        else sorted(set(col.astype(str)))
+    )
+    index = {k: i for i, k in enumerate(labels)}
+    split = adata.obs["split"].to_numpy().astype(str)
+    return labels, np.array([index[str(v)] for v in col.to_numpy()[split == "test"]])
+
+
+def quality(outputs: Mapping[str, Any], adata: Any) -> dict[str, float]:
+    _, y = eval_labels(adata)
+    scale = float(np.exp(np.ravel(outputs["log_scale"])[0]))
+    return zeroshot.metrics(
+        np.asarray(outputs["cell_embeddings"], dtype=np.float64),
+        np.asarray(outputs["caption_embeddings"], dtype=np.float64),
+        np.asarray(outputs["prompt_embeddings"], dtype=np.float64), scale, y,
+    )  # fmt: skip
+
+
+def compare(
+    outputs: Mapping[str, Any], reference: Mapping[str, Any], tol: CellWhispererTolerance
+) -> tuple[dict[str, float], bool]:
+    lg = np.asarray(outputs["zeroshot_logits"], dtype=np.float64)
+    ref = np.asarray(reference["zeroshot_logits"], dtype=np.float64)
+    if lg.shape != ref.shape:
+        return {"label_agreement": 0.0}, False
+    m = {
+        "label_agreement": float(np.mean(lg.argmax(1) == ref.argmax(1))),
+        "logits_rel": float(np.max(np.abs(lg - ref)) / max(np.max(np.abs(ref)), 1e-12)),
+    }
+    worst = 0.0
+    for name, r in reference.items():
+        if not name.startswith(("cell_head.", "text_head.", "log_scale")) or name.endswith(
+            "num_batches_tracked"
+        ):
+            continue
+        a, b = (
+            np.asarray(outputs.get(name, np.zeros(0)), dtype=np.float64),
+            np.asarray(r, dtype=np.float64),
+        )
+        if a.shape != b.shape:
+            return {**m, "head_rel": float("inf")}, False
+        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
+    m["head_rel"] = worst
+    ok = (
+        m["label_agreement"] >= tol.label_agreement
+        and m["logits_rel"] <= tol.logits_rel
+        and worst <= tol.head_rel
+    )
+    return m, ok

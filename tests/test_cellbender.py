@@ -1,0 +1,162 @@
+"""CellBender: data with truth, bad inputs as one line, a short training that finds the cells
+and the ambient profile, MCKP meets its targets, SIGKILL → resume with the uninterrupted
+hash, a posterior-only run from a finished checkpoint, the output file."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from harness.sinks.results_tsv import read_rows
+from methods.cellbender.data import SyntheticConfig, synthetic
+from methods.cellbender.posterior import NoisePosterior, estimate
+from tests.conftest import REPO
+
+SMALL = ["dataset.n_genes=120", "dataset.cells_per_type=60", "dataset.n_droplets=1200"]
+BASE = ["method=cellbender", "hardware=cpu", "hardware.threads=1", "tracking.mlflow=false",
+        "bench.warmup_steps=2", "method.posterior_samples=6", *SMALL]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _harness(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "harness", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _cfg(**kw) -> SyntheticConfig:
+    return SyntheticConfig(name="droplets/synthetic", _target_="x", _schema_="x", **kw)
+
+
+def test_synthetic_droplets_keep_their_truth():
+    a = synthetic(_cfg(n_genes=100, cells_per_type=50, n_droplets=800))["droplets"]
+    b = synthetic(_cfg(n_genes=100, cells_per_type=50, n_droplets=800))["droplets"]
+    assert (a.X != b.X).nnz == 0  # seeded
+    assert a.shape == (800, 100) and a.obs["cell"].sum() == 150
+    x = sp.csr_matrix(a.X)
+    parts = sp.csr_matrix(a.layers["counts_true"]) + sp.csr_matrix(a.layers["counts_bkg"])
+    assert abs(x - parts).max() == 0  # observed = signal + background
+    assert np.isclose(a.uns["chi_ambient"].sum(), 1.0)
+    cells = a.obs["cell"].to_numpy()
+    umi = np.asarray(x.sum(axis=1)).ravel()
+    assert np.median(umi[cells]) > 10 * np.median(umi[~cells])
+    frac = a.layers["counts_bkg"][cells].sum() / x[cells].sum()
+    assert 0.02 < frac < 0.2
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    import anndata
+
+    cells = synthetic(_cfg(n_genes=60, cells_per_type=40, n_droplets=600))["droplets"]
+    filtered = cells[cells.obs["cell"].to_numpy()].copy()
+    filtered.write_h5ad(tmp_path / "filtered.h5ad")
+    frac = cells.copy()
+    frac.X = sp.csr_matrix(frac.X) * 0.5
+    frac.write_h5ad(tmp_path / "normalised.h5ad")
+    anndata.AnnData(X=sp.csr_matrix(np.ones((5, 3)))).write_h5ad(tmp_path / "tiny.h5ad")
+    cells.write_h5ad(tmp_path / "raw.h5ad")
+    cases = [
+        (["dataset.path=filtered.h5ad"], "unfiltered"),
+        (["dataset.path=normalised.h5ad"], "non-integer"),
+        (["dataset.path=tiny.h5ad"], "too few droplets"),
+        (["dataset.path=raw.h5ad", "method.expected_cells=600"], "method.expected_cells"),
+        (["dataset.path=missing.h5ad"], "not found"),
+    ]
+    for extra, text in cases:
+        proc = _harness(tmp_path, "method=cellbender", "dataset=droplets/file", *extra)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
+    assert not (tmp_path / "results" / "results.tsv").exists()
+
+
+def test_mckp_meets_each_genes_target():
+    rng = np.random.default_rng(0)
+    e, w = 400, 20
+    x = rng.integers(1, 40, e)
+    k0 = np.zeros(e, dtype=np.int64)
+    lam = rng.uniform(0.5, 4.0, e)
+    k = np.arange(w)[None, :]
+    logp = (
+        k * np.log(lam[:, None])
+        - lam[:, None]
+        - np.array([np.sum(np.log(np.arange(1, j + 1))) for j in range(w)])[None, :]
+    )
+    logp = np.where(k <= x[:, None], logp, -np.inf)
+    logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
+    cols = rng.integers(0, 5, e)
+    post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
+    noise = estimate(post, 5, fpr=0.01)
+    target = np.bincount(cols, weights=lam + 0.01 * x, minlength=5)
+    got = np.bincount(cols, weights=noise, minlength=5)
+    assert np.all(np.abs(got - np.rint(target)) <= 1)
+    assert np.all(noise <= x) and np.all(noise >= 0)
+    map_noise = estimate(post, 5, fpr=0.01, method="map")
+    assert np.array_equal(map_noise, np.argmax(logp, axis=1))
+
+
+def test_training_finds_the_cells_and_the_ambient(tmp_path):
+    proc = _harness(tmp_path, *BASE, "method.epochs=40", f"run.output={tmp_path}/out.h5ad")
+    assert proc.returncode == 0, proc.stderr
+    metric = {k: float(v) for k, v in re.findall(r"^\s+(\w+)\s+: ([-0-9.e+]+)$", proc.stdout, re.M)}
+    assert metric["cell_f1"] >= 0.97 and metric["ambient_corr"] >= 0.98
+    assert metric["signal_kept"] >= 0.9 and metric["background_removed"] >= 0.3
+    import anndata
+
+    out = anndata.read_h5ad(tmp_path / "out.h5ad")
+    assert out.obs["cell_called"].sum() == int(metric["cells_called"])
+    raw = sp.csr_matrix(out.layers["raw"])
+    assert (sp.csr_matrix(out.X) - raw).max() <= 0  # counts only ever removed
+    assert out.obsm["gene_expression_encoding"].shape[1] == 64
+    assert np.isclose(out.var["ambient_expression"].sum(), 1.0, atol=1e-6)
+
+
+CKPT = ["checkpoint.enabled=true", "checkpoint.every_epochs=null", "checkpoint.every_steps=3"]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path):
+    plain, killed = tmp_path / "plain", tmp_path / "killed"
+    plain.mkdir()
+    killed.mkdir()
+    args = [*BASE, "method.epochs=12"]
+    assert _harness(plain, *args).returncode == 0
+    reference = read_rows(plain / "results" / "results.tsv")[-1]
+    ck = killed / "results" / "checkpoints" / "cellbender" / "droplets_synthetic__cpu.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *args, *CKPT], cwd=killed, env=_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and ck.exists()
+    done = _harness(killed, *args, *CKPT)
+    assert done.returncode == 0, done.stderr
+    row = read_rows(killed / "results" / "results.tsv")[-1]
+    assert row["resumed"] and row["output_hash"] == reference["output_hash"]
+    assert not ck.exists()
+
+
+def test_posterior_only_from_a_finished_checkpoint(tmp_path):
+    args = [*BASE, "method.epochs=8", "checkpoint.enabled=true", "checkpoint.keep=true"]
+    first = _harness(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    again = _harness(tmp_path, *args)  # resumes at the last epoch: posterior + estimate only
+    assert again.returncode == 0, again.stderr
+    a, b = read_rows(tmp_path / "results" / "results.tsv")
+    assert b["resumed"].startswith("8/") and b["output_hash"] == a["output_hash"]
+    assert "resuming from" in again.stdout
