@@ -107,7 +107,9 @@ def run_rctd_py(a: argparse.Namespace) -> None:
     spatial = anndata.read_h5ad(work / "spatial.h5ad")
     reference = anndata.read_h5ad(work / "reference.h5ad")
     sigma = None if a.sigma == "none" else int(a.sigma)
-    cfg = rctd.RCTDConfig(device=a.device, compile=False, K_val=a.k_val)
+    cutoffs = {k: v for k, v in (("gene_cutoff", a.gene_cutoff),
+                                 ("gene_cutoff_reg", a.gene_cutoff_reg)) if v is not None}  # fmt: skip
+    cfg = rctd.RCTDConfig(device=a.device, compile=False, K_val=a.k_val, **cutoffs)
     times, log = [], io.StringIO()
     for i in range(a.warmup + a.repeats):
         log = io.StringIO()
@@ -334,6 +336,8 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--mode", required=True)
         r.add_argument("--sigma", required=True)
         r.add_argument("--out", required=True)
+        r.add_argument("--gene-cutoff", type=float, default=None, help="default: RCTD's")
+        r.add_argument("--gene-cutoff-reg", type=float, default=None, help="default: RCTD's")
     for q in (c, t, *runners):
         q.add_argument("--k-val", type=int, default=100)
         q.add_argument("--threads", type=int, default=1)

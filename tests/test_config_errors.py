@@ -16,8 +16,8 @@ CASES = [
     (["method=nosuchmethod"], "nosuchmethod"),
     (["hardware=nosuchhw"], "nosuchhw"),
     (["correctness.accept=[exact,maybe]"], "correctness.accept"),
-    (["loop.min_pairs=12"], "loop.min_pairs"),  # more than loop.max_pairs
-    (["compare.min_pairs=12"], "compare.min_pairs"),
+    (["loop.min_pairs=17"], "loop.min_pairs"),  # more than loop.max_pairs (16)
+    (["compare.min_pairs=17"], "compare.min_pairs"),
     (["loop.alpha=0.9"], "loop.alpha"),
     (["method=scvi", "dataset=spatial/synthetic"], "dataset=spatial/synthetic"),  # roles
     (["method=rctd", "dataset=cells/pbmc68k"], "method=rctd"),

@@ -263,8 +263,10 @@ def test_sequential_rule():
     rule = Rule(min_gain=0.01, alpha=0.01, min_pairs=2, max_pairs=6, pair_sd=0.02)
     assert decide([-0.2, -0.2], rule).action == "keep"  # a large gain: two pairs suffice
     assert decide([0.05, 0.06], rule).action == "discard"  # clearly slower: futile
-    assert decide([-0.02, -0.01], rule).action == "continue"  # unclear: another pair
-    assert decide([-0.02] * 6, rule).stop == "budget"
+    assert decide([-0.04, -0.03], rule).action == "continue"  # unclear: another pair
+    small = decide([-0.02, -0.01], rule)  # credibly below loop.detect (4%): not worth more pairs
+    assert small.action == "discard" and small.stop == "futile"
+    assert decide([-0.04, -0.03, -0.035], rule, out_of_budget=True).stop == "budget"
     noisy = decide([-0.3, 0.2, -0.25], rule)  # the pairs disagree: their spread, not the floor
     assert noisy.action == "continue" and noisy.gain_lo < 0
     neutral = Rule(neutral=True, max_slowdown=0.01, pair_sd=0.005)

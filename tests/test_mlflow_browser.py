@@ -71,6 +71,7 @@ def test_runs_table_and_compare_page_in_chromium(sweep):
                 time.sleep(0.5)
         base = f"http://127.0.0.1:{port}"
         names = [r.info.run_name for r in runs]
+        assert {n.split(" · ")[4] for n in names} == {f"method.max_iter={i}" for i in (20, 30, 40)}
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,
@@ -78,14 +79,16 @@ def test_runs_table_and_compare_page_in_chromium(sweep):
                       "--disable-component-update", "--disable-sync", "--no-first-run"],
             )  # fmt: skip
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{base}/#/experiments/{exp_id}", wait_until="networkidle")
-            page.wait_for_selector(f"text={names[0]}", timeout=60_000)  # lands on the runs
-            page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"), full_page=True)
+            page.goto(f"{base}/#/experiments/{exp_id}/runs", wait_until="load")
+            try:  # the runs table, one row per job, each named by its swept value
+                page.wait_for_selector("text=3 matching runs", timeout=60_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"), full_page=True)
             text = page.inner_text("body")
             assert all(name in text for name in names), text[:2000]
             ids = ",".join(f'"{r.info.run_id}"' for r in runs)
             page.goto(f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp_id}\"]",
-                      wait_until="networkidle")  # fmt: skip
+                      wait_until="load")  # fmt: skip
             page.wait_for_selector("text=elapsed_s", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"), full_page=True)
             text = page.inner_text("body")

@@ -85,7 +85,7 @@ def test_failed_jobs_do_not_stop_the_sweep_and_keep_their_rows(multirun, tmp_pat
     (row,) = read_rows(tmp_path / "results" / "results.tsv")
     assert "method.batch_size=300" in row["overrides"]
     assert row["mlflow_run_id"] == "" and row["status"] == "baseline"
-    assert "MLflow logging failed" in row["description"]
+    assert f"MLflow logging to {uri} failed" in row["description"]
 
 
 def test_single_run_joins_a_sweep_through_the_environment(harness_cli, tmp_path, monkeypatch):

@@ -71,3 +71,12 @@ def test_wrong_region_never_best_and_total_count_respected(repo):
         timeout=120,
     )
     assert check.returncode == 0 and f"speed: {study.best_trial.params['speed']}" in check.stdout
+
+
+def test_report_plots_a_study(repo):
+    from harness.report import main as report_main
+
+    results = repo.root / "results"
+    assert report_main([f"paths.results={results}", "study=s"]) == 0
+    assert (results / "study-s.png").stat().st_size > 1000
+    assert report_main([f"paths.results={results}", "study=nope"]) == 2

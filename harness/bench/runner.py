@@ -79,6 +79,7 @@ class Benchmark:
         self._recorded = False
         # jobs of one sweep share this id (results.tsv tag "sweep:<id>", MLflow tag sweep_id)
         self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
+        self.swept: list[str] = []  # the keys the sweep varies, when known (run names)
         self.started = datetime.now(timezone.utc)
         self.finished: datetime | None = None
         self.live: Any = None  # the live MLflow run of a trainer (sinks/record.py)
@@ -249,15 +250,21 @@ class Benchmark:
 
 
 def run(
-    cfg: DictConfig, valid: validate.Validated, overrides: list[str], sweep_id: str = ""
+    cfg: DictConfig,
+    valid: validate.Validated,
+    overrides: list[str],
+    sweep_id: str = "",
+    swept: list[str] | None = None,
 ) -> Outcome:
     """Benchmark and record. UserErrors propagate before anything is written.
 
-    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set).
+    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set);
+    ``swept`` names the keys the sweep varies (they lead the run's name).
     """
     reporter = Reporter()
     bench = Benchmark(cfg, valid, overrides, reporter)  # hardware errors raise here
     bench.sweep_id = bench.sweep_id or sweep_id
+    bench.swept = list(swept or [])
 
     def on_timeout() -> None:
         outcome = Outcome(

@@ -30,6 +30,19 @@ def sweep_id() -> str:
     return f"{preset}-{stamp}" if preset else stamp
 
 
+def swept_keys() -> list[str]:
+    """The keys this multirun sweeps (what tells its jobs apart in their run names): the
+    sweeper's ``params`` and, when the job runs in the launching process, the command line's
+    ``key=a,b`` / ``range(…)`` / ``choice(…)`` / ``glob(…)`` overrides."""
+    hc = HydraConfig.get()
+    keys = [str(k) for k in (hc.sweeper.get("params") or {})]
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if value and ("," in value or re.match(r"(range|choice|glob)\(", value)):
+            keys.append(key.lstrip("+~"))
+    return list(dict.fromkeys(keys))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def task(cfg: DictConfig) -> float:
     """Run one benchmark; returns the median elapsed seconds (the sweepers' objective)."""
@@ -45,7 +58,8 @@ def task(cfg: DictConfig) -> float:
         valid = validate_all(cfg, choices)  # before importing torch: config errors come fast
         from harness.bench import runner
 
-        outcome = runner.run(cfg, valid, overrides, sweep_id=sweep)
+        outcome = runner.run(cfg, valid, overrides, sweep_id=sweep,
+                             swept=swept_keys() if sweep else [])  # fmt: skip
     except UserError as exc:
         print_error(exc)
         if sweep:

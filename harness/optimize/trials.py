@@ -29,12 +29,16 @@ GRACE_S = 10
 
 
 def storage(url: str) -> Any:
-    """An RDBStorage with heartbeats (so a killed worker's trial is failed, not left RUNNING)."""
+    """An RDBStorage with heartbeats (so a killed worker's trial is failed, not left RUNNING).
+
+    Created under the shared lock: workers starting together on an empty PostgreSQL database
+    would otherwise race to create Optuna's schema (a duplicate-type IntegrityError).
+    """
     import warnings
 
     import optuna
 
-    with warnings.catch_warnings():
+    with claim_lock(url, "optuna-schema"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat_interval is flagged experimental
         return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
 
@@ -113,15 +117,16 @@ def run_trials(
             if failed > total:  # something fails every time: stop rather than loop forever
                 return ran
             trial = None if full else study.ask()
-        if (
-            trial is None
-        ):  # wait: a running trial may still fail (a killed worker's) and free a slot
+            if trial is not None:  # beating from the start: a trial without one never goes stale
+                study._storage.record_heartbeat(trial._trial_id)
+        # no slot: wait, a running trial may still fail (a killed worker's) and free one
+        if trial is None:
             time.sleep(HEARTBEAT_S)
             continue
-        if not started:
-            on_start()
-            started = True
         with heartbeat(study._storage, trial._trial_id):
+            if not started:  # inside the heartbeat: a worker killed here still frees its slot
+                on_start()
+                started = True
             try:
                 value = objective(trial)
             except optuna.TrialPruned:

@@ -3,6 +3,7 @@
     python -m harness.report                       # all rows; plot the latest loop tag
     python -m harness.report tag=nov22             # one loop's attempts -> results/progress.png
     python -m harness.report sweep=<id> param=dataset.n_pixels   # time vs a swept parameter
+    python -m harness.report study=<name> [storage=<url>]       # an Optuna study's trials
 
 Options are ``key=value``: ``tag``, ``sweep``, ``param``, ``paths.results`` (default results),
 ``out`` (the PNG path).
@@ -17,7 +18,7 @@ from pathlib import Path
 from harness.core.errors import UserError, report_user_errors
 from harness.sinks.results_tsv import read_rows
 
-_OPTIONS = ("tag", "sweep", "param", "paths.results", "out")
+_OPTIONS = ("tag", "sweep", "param", "study", "storage", "paths.results", "out")
 
 
 def parse(argv: list[str]) -> dict[str, str]:
@@ -183,10 +184,61 @@ def plot_sweep(rows: list[dict[str, str]], param: str, path: Path, title: str) -
     plt.close(fig)
 
 
+def plot_study(storage: str, name: str, path: Path) -> None:
+    """An Optuna study's trials: median time per trial, infeasible and failed ones marked."""
+    import matplotlib
+    import optuna
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(f"report: no study {name!r} in {storage}") from None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ok, bad, failed = [], [], []
+    for t in study.trials:
+        if t.state.name != "COMPLETE":
+            failed.append(t.number)
+        elif t.user_attrs.get("run", {}).get("infeasible"):
+            bad.append((t.number, t.value))
+        else:
+            ok.append((t.number, t.value))
+    if ok:
+        ax.scatter(*zip(*ok, strict=True), c="tab:green", s=30, label="feasible")
+    if bad:
+        ax.scatter(
+            *zip(*bad, strict=True), c="tab:red", marker="x", s=40, label="infeasible (verdict)"
+        )
+    values = [v for _, v in ok + bad]
+    if failed:
+        top = max(values) * 1.1 if values else 1.0
+        ax.scatter(failed, [top] * len(failed), c="0.4", marker="v", s=30, label="failed / pruned")
+    print(f"study {name}: {len(study.trials)} trials ({len(ok)} feasible, {len(bad)} infeasible, "
+          f"{len(failed)} failed or pruned)")  # fmt: skip
+    ax.set_xlabel("trial")
+    ax.set_ylabel("elapsed_s (median)")
+    ax.set_title(f"study {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(argv: list[str]) -> None:
     """Print the table and write the plot."""
     opts = parse(argv)
     results = Path(opts.get("paths.results", "results"))
+    if "study" in opts:
+        storage = opts.get("storage") or f"sqlite:///{results.resolve()}/optuna.db"
+        out = Path(opts.get("out", results / f"study-{opts['study']}.png"))
+        plot_study(storage, opts["study"], out)
+        print(f"wrote {out}")
+        return
     rows = read_rows(results / "results.tsv")
     if not rows:
         raise UserError(f"report: no rows in {results / 'results.tsv'}")

@@ -44,13 +44,16 @@ def _lock(uri: str) -> Any:
 
 
 def run_name(bench: Benchmark) -> str:
-    """What a run was: method · dataset · hardware · short commit (· its overrides in a sweep)."""
+    """What a run was: method · dataset · hardware · short commit (· its overrides in a sweep,
+    the swept keys first: they tell the sweep's jobs apart)."""
     parts = [bench.method_cfg.name, bench.dataset_cfg.name, bench.top.hardware.name,
              bench.env["commit"][:7] or "nogit"]  # fmt: skip
     if bench.sweep_id:
-        swept = [o for o in bench.overrides if o.split("=", 1)[0].lstrip("+").startswith(
-            ("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
-        parts += swept[:4]
+        key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
+        named = [o for o in bench.overrides
+                 if key(o).startswith(("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
+        swept = [o for o in bench.overrides if key(o) in bench.swept]
+        parts += list(dict.fromkeys([*swept, *named]))[:5]
     return " · ".join(parts)
 
 

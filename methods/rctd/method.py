@@ -8,12 +8,14 @@ to the device and loads the cached likelihood tables (building the missing ones 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from harness.api import RunContext, RunResult, Runtime, UserError
@@ -25,7 +27,7 @@ from methods.rctd.likelihood import _flat_row_offset
 from methods.rctd.multi import run_multi
 from methods.rctd.platform import fit_bulk, normalise_profiles
 from methods.rctd.qtable import TableStore
-from methods.rctd.reference import cell_type_profiles
+from methods.rctd.reference import cell_type_profiles_sparse
 from methods.rctd.sigma import SIGMA_START, choose_sigma, sigma_window
 from methods.rctd.solver import solve_irwls
 
@@ -40,19 +42,25 @@ def auto_k_val(counts: Any) -> int:
     return int(min(K_VAL_MAX, max(100, -(-top // 100) * 100)))
 
 
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x)
+def _csr(x: Any) -> sp.csr_matrix:
+    """Counts as a float64 CSR matrix with sorted indices (sparse stays sparse)."""
+    m = sp.csr_matrix(x, dtype=np.float64, copy=True)
+    m.has_canonical_format = False  # never trust the flags of a user's matrix
+    m.sum_duplicates()  # merges duplicate entries (as a dense copy would) and sorts indices
+    return m
 
 
 @dataclass
 class RCTDState:
-    """Device-resident inputs of the timed run."""
+    """Inputs of the timed run. The counts stay sparse (CSR on the host) until the gene lists
+    are chosen; only the selected genes of the kept pixels are densified, in the solver's dtype,
+    on the device — memory in proportion to the data, not to pixels × all genes."""
 
-    spatial: torch.Tensor  # (pixels, spatial genes) counts
-    reference: torch.Tensor  # (cells, reference genes) counts, filtered and capped
-    codes: torch.Tensor  # (cells,) type index
-    spatial_genes: torch.Tensor  # indices of the shared genes in spatial columns
-    reference_genes: torch.Tensor  # ... and in reference columns
+    spatial: sp.csr_matrix  # (pixels, spatial genes) counts
+    reference: sp.csr_matrix  # (cells, reference genes) counts, filtered and capped
+    codes: np.ndarray  # (cells,) type index
+    spatial_genes: np.ndarray  # indices of the shared genes in spatial columns
+    reference_genes: torch.Tensor  # ... and in reference columns (on the device)
     not_mito: torch.Tensor  # (shared genes,) False where the name contains "mt-"
     tables: TableStore | None  # sigma x 100 -> likelihood tables
     type_names: list[str]
@@ -94,14 +102,22 @@ class RCTD:
         n_types = len(reference.obs["cell_type"].cat.categories)
         if n_types < 2:
             raise UserError(f"dataset.reference: RCTD needs >= 2 cell types, found {n_types}")
-        state = self._inputs(data, torch.device("cpu"), torch.float64)
+        state = self._inputs(data, torch.device("cpu"))
         self.type_names = state.type_names
-        prof = cell_type_profiles(state.reference, state.codes, n_types)[state.reference_genes]
-        preprocess.select(state.spatial, state.spatial_genes, prof, state.not_mito, self.cfg)
+        prof = cell_type_profiles_sparse(
+            state.reference, state.codes, n_types, torch.device("cpu"), torch.float64
+        )[state.reference_genes]
+        sel = preprocess.select_sparse(
+            state.spatial, state.spatial_genes, prof, state.not_mito, self.cfg
+        )
+        print(f"rctd: {int(sel.pixel_mask.sum())} of {state.spatial.shape[0]} pixels kept, "
+              f"{len(sel.bulk_genes)} bulk genes, {len(sel.reg_genes)} regression genes "
+              f"(of {len(state.spatial_genes)} shared)", file=sys.stderr, flush=True)  # fmt: skip
 
-    def _inputs(self, data: Mapping[str, Any], dev: torch.device, dtype: torch.dtype):
-        """Dense device tensors. Cell types are indexed in sorted name order (R's factor levels,
-        rctd-py's order): the doublet-mode fallback candidates ("the first types") depend on it."""
+    def _inputs(self, data: Mapping[str, Any], dev: torch.device) -> RCTDState:
+        """Sparse host counts and device gene indices. Cell types are indexed in sorted name
+        order (R's factor levels, rctd-py's order): the doublet-mode fallback candidates ("the
+        first types") depend on it."""
         spatial, reference = data["spatial"], data["reference"]
         ref = reference[self._reference_cells(reference)]
         shared = spatial.var_names.intersection(reference.var_names, sort=False)
@@ -110,10 +126,10 @@ class RCTD:
         rank = np.argsort(np.argsort(names, kind="stable"), kind="stable")  # category -> index
         codes = rank[np.asarray(ref.obs["cell_type"].cat.codes, dtype=np.int64)]
         return RCTDState(
-            spatial=torch.as_tensor(_dense(spatial.X), dtype=dtype, device=dev),
-            reference=torch.as_tensor(_dense(ref.X), dtype=dtype, device=dev),
-            codes=torch.as_tensor(codes, device=dev),
-            spatial_genes=torch.as_tensor(spatial.var_names.get_indexer(shared), device=dev),
+            spatial=_csr(spatial.X),
+            reference=_csr(ref.X),
+            codes=codes,
+            spatial_genes=np.asarray(spatial.var_names.get_indexer(shared)),
             reference_genes=torch.as_tensor(reference.var_names.get_indexer(shared), device=dev),
             not_mito=torch.as_tensor(not_mito, device=dev),
             tables=None,
@@ -125,7 +141,7 @@ class RCTD:
         ones): sigma_override's, or the first window of sigma estimation. Tables further along
         the estimation path are loaded once by the (untimed) warmup run and kept in memory."""
         dev, dtype = self.runtime.device, self.runtime.dtype
-        state = self._inputs(data, dev, dtype)
+        state = self._inputs(data, dev)
         c = self.cfg
         k_val = c.K_val or auto_k_val(data["spatial"].X)
         sigmas = [c.sigma_override] if c.sigma_override else sigma_window(SIGMA_START)
@@ -137,17 +153,31 @@ class RCTD:
         """Counts → weights (module doc)."""
         c = self.cfg
         k = len(state.type_names)
-        profiles = cell_type_profiles(state.reference, state.codes, k)[state.reference_genes]
-        sel = preprocess.select(state.spatial, state.spatial_genes, profiles, state.not_mito, c)
-        kept = state.spatial[sel.pixel_mask]
-        bulk_cols = state.spatial_genes[sel.bulk_genes]
+        dev, dtype = self.runtime.device, self.runtime.dtype
+        profiles = cell_type_profiles_sparse(state.reference, state.codes, k, dev, dtype)
+        profiles = profiles[state.reference_genes]
+        sel = preprocess.select_sparse(
+            state.spatial, state.spatial_genes, profiles, state.not_mito, c
+        )
+        kept = state.spatial[np.flatnonzero(sel.pixel_mask.cpu().numpy())]
+
+        def columns(genes: torch.Tensor) -> sp.csr_matrix:  # kept pixels x selected genes
+            return kept[:, state.spatial_genes[genes.cpu().numpy()]]
+
+        def sums(x: sp.csr_matrix) -> torch.Tensor:  # per-gene bulk counts (exact in float64)
+            return torch.as_tensor(np.asarray(x.sum(axis=0), dtype=np.float64).ravel())
+
         p = fit_bulk(
-            kept[:, bulk_cols], sel.numi, profiles[sel.bulk_genes], min_obs=c.min_obs_bulk,
-            max_iter=c.max_iter_bulk, min_change=c.min_change_bulk, step=c.step,
-            psd_floor=c.psd_floor, qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact,
+            sums(columns(sel.bulk_genes)), sel.numi, profiles[sel.bulk_genes],
+            min_obs=c.min_obs_bulk, max_iter=c.max_iter_bulk, min_change=c.min_change_bulk,
+            step=c.step, psd_floor=c.psd_floor, qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact,
         )  # fmt: skip
-        counts = kept[:, state.spatial_genes[sel.reg_genes]]
-        prof = normalise_profiles(profiles[sel.reg_genes], counts, sel.numi, p)
+        # full mode: the solver densifies one batch of pixels at a time; the doublet / multi
+        # sub-fits index every pixel's likelihood rows, so they take the dense counts
+        counts: Any = columns(sel.reg_genes)
+        prof = normalise_profiles(profiles[sel.reg_genes], sums(counts), sel.numi, p)
+        if c.mode != "full":
+            counts = torch.as_tensor(counts.toarray(), device=dev).to(dtype)
         kw = dict(min_change=c.min_change, step=c.step, psd_floor=c.psd_floor,
                   qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact, batch_size=c.batch_size)  # fmt: skip
         sigma = c.sigma_override or SIGMA_START

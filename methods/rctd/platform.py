@@ -40,8 +40,10 @@ class _Bulk:
 
 
 def _bulk(counts: torch.Tensor, numi: torch.Tensor) -> tuple[np.ndarray, np.longdouble]:
-    """Per-gene bulk counts and total nUMI, in extended precision."""
-    y = counts.sum(dim=0, dtype=torch.float64).cpu().numpy().astype(np.longdouble)
+    """Per-gene bulk counts and total nUMI, in extended precision. ``counts``: (N, G) counts,
+    or (G,) their column sums (exact either way: sums of integer counts in float64)."""
+    y = counts if counts.ndim == 1 else counts.sum(dim=0, dtype=torch.float64)
+    y = y.to(torch.float64).cpu().numpy().astype(np.longdouble)
     return y, np.sum(numi.cpu().numpy().astype(np.longdouble))
 
 
@@ -61,7 +63,7 @@ def fit_bulk(
     """Bulk proportions p (K,), clipped at 0 and summing to 1, float64.
 
     Args:
-        counts: (N, G) counts of the kept pixels on the bulk genes.
+        counts: (N, G) counts of the kept pixels on the bulk genes, or (G,) their sums.
         numi: (N,) their nUMI (all genes).
         profiles: (G, K) reference profiles on the bulk genes.
     """
@@ -85,7 +87,8 @@ def normalise_profiles(
     profiles: torch.Tensor, counts: torch.Tensor, numi: torch.Tensor, p: torch.Tensor
 ) -> torch.Tensor:
     """``P'_gk = P_gk / (sum_k p_k P_gk / (y_g / N))`` for the genes of ``profiles`` (G, K);
-    ``counts`` (N, G) are the kept pixels on the same genes. Same dtype / device as profiles."""
+    ``counts`` (N, G) are the kept pixels on the same genes (or (G,) their sums). Same dtype /
+    device as profiles."""
     y_ld, total = _bulk(counts, numi)
     p_ld = p.cpu().numpy().astype(np.longdouble)
     prof_ld = profiles.cpu().numpy().astype(np.longdouble)

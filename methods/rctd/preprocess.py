@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from harness.api import UserError
@@ -90,6 +92,53 @@ def select(
     return Selection(
         pixel_mask=pixel_mask,
         numi=numi_all[pixel_mask],
+        bulk_genes=bulk_genes,
+        reg_genes=reg_genes,
+    )
+
+
+def select_sparse(
+    spatial: sp.csr_matrix,
+    shared_cols: np.ndarray,
+    profiles: torch.Tensor,
+    not_mito: torch.Tensor,
+    cfg: RCTDConfig,
+) -> Selection:
+    """:func:`select` on a sparse (pixels, genes) CSR matrix: nUMI, the bulk and the
+    ``counts_min`` sums come from the nonzeros (integer sums in float64: exact, so the same
+    selection as the dense path), nothing is densified."""
+    dev = profiles.device
+    numi_all = np.asarray(spatial.sum(axis=1), dtype=np.float64).ravel()
+    umi_ok = (numi_all >= cfg.umi_min) & (numi_all <= cfg.umi_max)
+    counts = spatial[np.flatnonzero(umi_ok)][:, shared_cols]
+    bulk = torch.as_tensor(np.asarray(counts.sum(axis=0), dtype=np.float64).ravel(), device=dev)
+    allowed = not_mito & (bulk >= cfg.min_obs)
+    bulk_genes = de_genes(
+        profiles, bulk.to(profiles.dtype), allowed, cfg.fc_cutoff, cfg.gene_cutoff
+    )
+    reg_genes = de_genes(
+        profiles, bulk.to(profiles.dtype), allowed, cfg.fc_cutoff_reg, cfg.gene_cutoff_reg
+    )
+    for name, genes, fc, expr in (
+        ("bulk", bulk_genes, "fc_cutoff", "gene_cutoff"),
+        ("regression", reg_genes, "fc_cutoff_reg", "gene_cutoff_reg"),
+    ):
+        if genes.numel() < MIN_GENES:
+            raise UserError(
+                f"method.{fc}/method.{expr}: only {genes.numel()} genes pass the {name} DE "
+                f"gene filter (need >= {MIN_GENES}); lower the cut-offs or check the data"
+            )
+    on_bulk = np.asarray(counts[:, bulk_genes.cpu().numpy()].sum(axis=1), dtype=np.float64).ravel()
+    pixel_mask = umi_ok.copy()
+    pixel_mask[umi_ok] = on_bulk >= cfg.counts_min
+    if not pixel_mask.any():
+        raise UserError(
+            f"dataset.spatial: no pixel passes method.umi_min={cfg.umi_min}, "
+            f"method.umi_max={cfg.umi_max:g} and method.counts_min={cfg.counts_min}"
+        )
+    return Selection(
+        pixel_mask=torch.as_tensor(pixel_mask, device=dev),
+        numi=torch.as_tensor(numi_all[pixel_mask], device=dev).to(profiles.dtype),
         bulk_genes=bulk_genes,
         reg_genes=reg_genes,
     )

@@ -9,7 +9,7 @@ steps of the current one by ``min over m in {0.8, 0.9, 1, 1.1, 1.2}`` of the NLL
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def score_sigmas(y: torch.Tensor, lam: torch.Tensor, sigmas: list[int], tables: 
 
 
 def choose_sigma(
-    counts: torch.Tensor,
+    counts: Any,
     numi: torch.Tensor,
     profiles: torch.Tensor,
     tables: Tables,
@@ -87,8 +87,9 @@ def choose_sigma(
     seed: int,
     solver_kw: dict,
 ) -> int:
-    """The estimated sigma x 100 (module doc). ``counts`` (N, G) and ``numi`` (N,) are the kept
-    pixels on the regression genes; ``profiles`` (G, K) the platform-normalised profiles."""
+    """The estimated sigma x 100 (module doc). ``counts`` (N, G) (a tensor or a scipy CSR
+    matrix) and ``numi`` (N,) are the kept pixels on the regression genes; ``profiles`` (G, K)
+    the platform-normalised profiles."""
     eligible = (numi > umi_min_sigma).nonzero().squeeze(1).cpu().numpy()
     if eligible.size == 0:
         raise UserError(
@@ -97,12 +98,15 @@ def choose_sigma(
         )
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(eligible, min(n_fit, eligible.size), replace=False))
-    sel = torch.as_tensor(pick, device=counts.device)
-    y, nu = counts[sel], numi[sel]
+    if isinstance(counts, torch.Tensor):
+        y = counts[torch.as_tensor(pick, device=counts.device)]
+    else:  # a scipy CSR matrix: densify the picked pixels only
+        y = torch.as_tensor(counts[pick].toarray(), device=numi.device, dtype=profiles.dtype)
+    nu = numi[torch.as_tensor(pick, device=numi.device)]
     entries = None
     if y.numel() > MAX_ENTRIES:
         entries = torch.as_tensor(
-            np.sort(rng.choice(y.numel(), MAX_ENTRIES, replace=False)), device=counts.device
+            np.sort(rng.choice(y.numel(), MAX_ENTRIES, replace=False)), device=y.device
         )
     y_flat = y.reshape(-1) if entries is None else y.reshape(-1)[entries]
     sigma = SIGMA_START

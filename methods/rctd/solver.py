@@ -20,7 +20,7 @@ other problems share its batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -193,6 +193,13 @@ def irwls(
     return w_out, conv_out
 
 
+def _dense_rows(y: Any, a: int, b: int, device: torch.device) -> torch.Tensor:
+    """Rows a..b of the counts as a dense tensor on the device (a CSR matrix: only these)."""
+    if isinstance(y, torch.Tensor):
+        return y[a:b].to(device)
+    return torch.as_tensor(y[a:b].toarray(), device=device)
+
+
 def solve_irwls(
     y: torch.Tensor,
     numi: torch.Tensor,
@@ -210,7 +217,8 @@ def solve_irwls(
     """Fit unconstrained RCTD weights for every pixel (full mode, ``constrain=False``).
 
     Args:
-        y: (N, G) counts (any numeric dtype; clipped to [0, k_val] for the likelihood).
+        y: (N, G) counts (any numeric dtype; clipped to [0, k_val] for the likelihood), a
+            tensor or a scipy CSR matrix (densified one batch at a time).
         numi: (N,) total UMI per pixel.
         profiles: (G, K) reference profiles; its device and (floating) dtype are used for
             all computation and for the outputs.
@@ -246,7 +254,7 @@ def solve_irwls(
     bs = max(1, int(batch_size))
     for a in range(0, n, bs):
         b = min(a + bs, n)
-        row_off = _flat_row_offset(y[a:b].to(device), t)
+        row_off = _flat_row_offset(_dense_rows(y, a, b, device), t)
         design = _Shared(row_off, numi[a:b], p, pt, p_tri, tri, t)
         weights[a:b], converged[a:b] = irwls(design, b - a, k, dtype, device, **settings)
     return weights, converged

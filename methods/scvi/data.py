@@ -9,6 +9,7 @@ Contract: X holds raw counts (cells × genes; CSR, dense, or backed on disk for 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -77,17 +78,22 @@ class SyntheticConfig(DatasetConfig):
     seed: int = 2025
 
 
-def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
-    """Seeded synthetic counts with a ground-truth latent and batch effects (CSR float32).
+@dataclass
+class Recipe:
+    """The per-cell and per-gene draws of the synthetic recipe (small: no counts)."""
 
-    z ~ N(c_type, I) with centres c ~ N(0, type_spread²); ρ = softmax(W z + b + o_batch),
-    W ~ N(0, weight_sd²), b ~ N(0, 1), o ~ N(0, batch_effect²); library ~ LogNormal(log
-    library_mean, library_sd²); θ_g = theta·exp(N(0, 0.3²)); x ~ Poisson(Gamma(θ, μ/θ)) with
-    entries zeroed at rate ``zero_inflation``. Independent child streams of the seed drive each
-    part. Each batch b is one donor of a census-style (dataset_id, assay, suspension_type).
-    """
-    import anndata
+    types: np.ndarray  # (n,)
+    z: np.ndarray  # (n, d) ground-truth latent
+    w: np.ndarray  # (d, g)
+    b: np.ndarray  # (g,)
+    theta: np.ndarray  # (g,)
+    offsets: np.ndarray  # (n_batches, g)
+    batch: np.ndarray  # (n,)
+    library: np.ndarray  # (n,)
+    counts_rng: np.random.Generator
 
+
+def recipe(cfg: SyntheticConfig) -> Recipe:
     n, g, d = cfg.n_cells, cfg.n_genes, cfg.n_latent
     s_type, s_z, s_dec, s_batch, s_lib, s_count = np.random.default_rng(cfg.seed).spawn(6)
     centres = s_type.normal(0.0, cfg.type_spread, size=(cfg.n_types, d))
@@ -99,37 +105,63 @@ def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
     offsets = s_batch.normal(0.0, cfg.batch_effect, size=(cfg.n_batches, g))
     batch = s_batch.integers(0, cfg.n_batches, size=n)
     library = np.exp(s_lib.normal(np.log(cfg.library_mean), cfg.library_sd, size=n))
+    return Recipe(types, z, w, b, theta, offsets, batch, library, s_count)
 
-    blocks = []
-    for start in range(0, n, _BLOCK):
-        stop = min(start + _BLOCK, n)
-        logits = z[start:stop] @ w + b + offsets[batch[start:stop]]
+
+def count_blocks(cfg: SyntheticConfig, r: Recipe) -> Iterator[sp.csr_matrix]:
+    """The counts, ``_BLOCK`` cells at a time (CSR float32; memory bounded by one block)."""
+    for start in range(0, cfg.n_cells, _BLOCK):
+        stop = min(start + _BLOCK, cfg.n_cells)
+        logits = r.z[start:stop] @ r.w + r.b + r.offsets[r.batch[start:stop]]
         logits -= logits.max(axis=1, keepdims=True)
         rho = np.exp(logits)
         rho /= rho.sum(axis=1, keepdims=True)
-        mu = rho * library[start:stop, None]
-        lam = s_count.gamma(theta, mu / theta)
-        x = s_count.poisson(lam).astype(np.float32)
+        mu = rho * r.library[start:stop, None]
+        lam = r.counts_rng.gamma(r.theta, mu / r.theta)
+        x = r.counts_rng.poisson(lam).astype(np.float32)
         if cfg.zero_inflation > 0:
-            x[s_count.random(x.shape) < cfg.zero_inflation] = 0
-        blocks.append(sp.csr_matrix(x))
-    counts = sp.vstack(blocks, format="csr")
+            x[r.counts_rng.random(x.shape) < cfg.zero_inflation] = 0
+        yield sp.csr_matrix(x)
 
+
+def census_obs(r: Recipe) -> pd.DataFrame:
+    """Census-style obs: one donor per batch of a (dataset_id, assay, suspension_type)."""
     assays = ["10x 3' v3", "10x 5' v2", "10x 3' v2"]
+    levels = np.arange(r.offsets.shape[0])
+
+    def column(per_level: list[str]) -> pd.Categorical:  # categorical: ~1 byte a cell
+        return pd.Categorical(np.asarray(per_level, dtype=object)[r.batch])
+
     obs = pd.DataFrame(
         {
-            "cell_type": pd.Categorical([f"type{t}" for t in types]),
-            "dataset_id": [f"dataset{bb // 2}" for bb in batch],
-            "assay": [assays[bb % len(assays)] for bb in batch],
-            "suspension_type": ["nucleus" if bb % 3 == 2 else "cell" for bb in batch],
-            "donor_id": [f"donor{bb}" for bb in batch],
+            "cell_type": pd.Categorical([f"type{t}" for t in r.types]),
+            "dataset_id": column([f"dataset{bb // 2}" for bb in levels]),
+            "assay": column([assays[bb % len(assays)] for bb in levels]),
+            "suspension_type": column(["nucleus" if bb % 3 == 2 else "cell" for bb in levels]),
+            "donor_id": column([f"donor{bb}" for bb in levels]),
         },
-        index=[f"cell{i:06d}" for i in range(n)],
+        index=[f"cell{i:06d}" for i in range(r.batch.shape[0])],
     )
     obs[BATCH] = batch_from_keys(obs, CENSUS_KEYS, "dataset")
-    var = pd.DataFrame({"true_theta": theta}, index=[f"gene{j:05d}" for j in range(g)])
-    adata = anndata.AnnData(X=counts, obs=obs, var=var)
-    adata.obsm["true_latent"] = z
+    return obs
+
+
+def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
+    """Seeded synthetic counts with a ground-truth latent and batch effects (CSR float32).
+
+    z ~ N(c_type, I) with centres c ~ N(0, type_spread²); ρ = softmax(W z + b + o_batch),
+    W ~ N(0, weight_sd²), b ~ N(0, 1), o ~ N(0, batch_effect²); library ~ LogNormal(log
+    library_mean, library_sd²); θ_g = theta·exp(N(0, 0.3²)); x ~ Poisson(Gamma(θ, μ/θ)) with
+    entries zeroed at rate ``zero_inflation``. Independent child streams of the seed drive each
+    part. Each batch b is one donor of a census-style (dataset_id, assay, suspension_type).
+    """
+    import anndata
+
+    r = recipe(cfg)
+    counts = sp.vstack(list(count_blocks(cfg, r)), format="csr")
+    var = pd.DataFrame({"true_theta": r.theta}, index=[f"gene{j:05d}" for j in range(cfg.n_genes)])
+    adata = anndata.AnnData(X=counts, obs=census_obs(r), var=var)
+    adata.obsm["true_latent"] = r.z
     adata.uns["generator"] = {"loader": "scvi_synthetic", **_params(cfg)}
     return {ROLE: adata}
 

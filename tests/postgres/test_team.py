@@ -137,8 +137,10 @@ def test_parallel_sweep_on_a_tracking_server(repo, postgres, tmp_path):
                               timeout=900)  # fmt: skip
         wall = time.monotonic() - t0
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [
-            r for r in read_rows(repo.root / "results" / "results.tsv") if uri in r["overrides"]
+        rows = [  # (Hydra writes the override escaped: http\://127.0.0.1\:PORT)
+            r
+            for r in read_rows(repo.root / "results" / "results.tsv")
+            if f"127.0.0.1\\:{port}" in r["overrides"]
         ]
         assert len(rows) == 8 and all(r["mlflow_run_id"] for r in rows)
         import mlflow
