@@ -1,7 +1,7 @@
 """How each method's time and peak memory grow with its input: a scaling table and a log-log plot.
 
     python benchmarks/scaling.py                          # every method, 3-4 sizes each
-    python benchmarks/scaling.py --methods rctd --large   # RCTD up to 150k pixels x 18k genes
+    python benchmarks/scaling.py --methods rctd --large --append   # + RCTD to 150k x 18k genes
     python benchmarks/scaling.py --methods rctd,scvi --peer /work/peers/bin/python
 
 Each size is one ``python -m harness`` process (CPU, ``bench.warmup=1 bench.repeats=1``,
@@ -239,6 +239,25 @@ def write_tsv(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def read_tsv(path: Path) -> list[dict]:
+    """Rows of an earlier run (``--append``)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    keys = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        r = dict(zip(keys, line.split("\t"), strict=True))
+        r["size"] = int(r["size"])
+        for k in ("time_s", "wall_s", "peak_rss_mb"):
+            if r.get(k):
+                r[k] = float(r[k])
+            else:
+                r.pop(k, None)
+        rows.append(r)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_scvi_tools"]:
@@ -249,9 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="", help="comma list replacing the sizes (one method)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peer", default="", help="the peer's python (a venv with .[peers])")
+    p.add_argument("--append", action="store_true",
+                   help="add to (or replace rows of) the existing scaling.tsv")  # fmt: skip
     a = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: list[dict] = read_tsv(OUT / "scaling.tsv") if a.append else []
     for method in a.methods.split(","):
         case = CASES[method]
         sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else case.sizes
@@ -263,9 +284,14 @@ def main(argv: list[str] | None = None) -> None:
             for side, r in sides:
                 if r is None:
                     continue
+                rows = [
+                    o for o in rows if (o["method"], o["side"], o["size"]) != (method, side, size)
+                ]
                 rows.append({"method": method, "side": side, "size": size, **r})
                 print(summarise(rows[-1:])[1], flush=True)
             write_tsv(rows, OUT / "scaling.tsv")
+    rows.sort(key=lambda r: (list(CASES).index(r["method"]), r["side"], r["size"]))
+    write_tsv(rows, OUT / "scaling.tsv")
     print("\n".join(summarise(rows)))
     plot(rows, OUT / "scaling.png")
     print(f"wrote {OUT / 'scaling.tsv'} and {OUT / 'scaling.png'}")

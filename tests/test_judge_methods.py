@@ -58,10 +58,12 @@ def _plant(repo: LoopRepo, rel: str, old: str, new: str, tag: str) -> dict[str, 
     ("rel", "old", "new"),
     [
         ("methods/rctd/doublet.py", "max_iter=max_iter, **solver_kw,", "max_iter=3, **solver_kw,"),
-        ("methods/rctd/solver.py", "", WRAP.format(key="qp_sweeps", value=10)),
+        # (qp_sweeps=10 is not planted here: with 4 types the QPs converge in ~10 sweeps and it
+        # moved only 0-2 of 300 pixels past the tolerance, depending on the secret check input)
+        ("methods/rctd/solver.py", "", WRAP.format(key="max_iter", value=5)),
         ("methods/rctd/solver.py", "", WRAP.format(key="min_change", value=2e-3)),
     ],
-    ids=["final-fit-3-iterations", "qp_sweeps-10", "min_change-2e-3"],
+    ids=["final-fit-3-iterations", "full-fit-5-iterations", "min_change-2e-3"],
 )
 def test_rctd_planted_regressions_are_wrong(repo, rel, old, new):
     if not (repo.root / "results" / "loop" / "rctd.json").exists():

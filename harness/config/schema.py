@@ -18,6 +18,7 @@ from harness.core.errors import UserError
 def rng(**bounds: Any) -> dict[str, Any]:
     """Field metadata declaring a range, e.g. ``field(default=1, metadata=rng(ge=1))``.
 
+    ``words`` lists the words a ``str`` field accepts besides integers (``batch_size=auto``).
     ``task=False`` marks an execution-only key (a data-path or logging knob that cannot change
     the outputs): it stays out of the task identity that keys baselines and checkpoints.
     """
@@ -296,6 +297,16 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
             continue
         if value is None or not meta:
             continue
+        words = meta.get("words", ())
+        if value in words:  # e.g. batch_size=auto beside integers
+            continue
+        if words and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise UserError(
+                    f"config {key}={value!r}: must be an integer or one of {list(words)}"
+                ) from None
         if "choices" in meta and value not in meta["choices"]:
             raise UserError(f"config {key}={value!r}: must be one of {list(meta['choices'])}")
         for op, test, word in (

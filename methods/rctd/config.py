@@ -72,7 +72,10 @@ class RCTDConfig(MethodConfig):
     sigma_override: int | None = field(default=None, metadata=rng(ge=10, le=200))
     # likelihood table rows: counts are clipped at K_val; null: from the data (module doc)
     K_val: int | None = field(default=None, metadata=rng(ge=10, le=5000))
-    batch_size: int = field(default=10000, metadata=rng(ge=1, task=False))  # memory only
+    # pixels (sub-fit tasks) per solver batch, memory only; auto: from the free device memory
+    # (methods/rctd/memory.py), or from ``memory_gb`` when given
+    batch_size: str = field(default="10000", metadata=rng(ge=1, words=["auto"], task=False))
+    memory_gb: float | None = field(default=None, metadata=rng(gt=0, task=False))
     max_iter: int = field(default=50, metadata=rng(ge=1))
     score_iter: int = field(default=25, metadata=rng(ge=1))  # sub-fits scored by their NLL
     min_change: float = field(default=1e-3, metadata=rng(gt=0))

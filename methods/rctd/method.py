@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from harness.api import RunContext, RunResult, Runtime, UserError
-from methods.rctd import check, preprocess
+from methods.rctd import check, memory, preprocess
 from methods.rctd.config import RCTDConfig
 from methods.rctd.data import validate_rctd_inputs
 from methods.rctd.doublet import run_doublet
@@ -29,7 +29,7 @@ from methods.rctd.platform import fit_bulk, normalise_profiles
 from methods.rctd.qtable import TableStore
 from methods.rctd.reference import cell_type_profiles_sparse
 from methods.rctd.sigma import SIGMA_START, choose_sigma, sigma_window
-from methods.rctd.solver import solve_irwls
+from methods.rctd.solver import solve_irwls, tile_elems
 
 K_VAL_MAX = 1000  # upstream's K_val: counts above it are clipped
 
@@ -73,6 +73,7 @@ class RCTD:
         self.cfg = cfg
         self.runtime = runtime
         self.type_names: list[str] = []
+        self._auto_reported = 0
 
     def _reference_cells(self, reference: Any) -> np.ndarray:
         """Indices of reference cells kept: UMI ≥ ref_umi_min, each type capped (seeded)."""
@@ -178,8 +179,9 @@ class RCTD:
         prof = normalise_profiles(profiles[sel.reg_genes], sums(counts), sel.numi, p)
         if c.mode != "full":
             counts = torch.as_tensor(counts.toarray(), device=dev).to(dtype)
+        batch = self.batch_size(counts.shape[0], counts.shape[1], k)
         kw = dict(min_change=c.min_change, step=c.step, psd_floor=c.psd_floor,
-                  qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact, batch_size=c.batch_size)  # fmt: skip
+                  qp_sweeps=c.qp_sweeps, qp_exact=c.qp_exact, batch_size=batch)  # fmt: skip
         sigma = c.sigma_override or SIGMA_START
         if not c.sigma_override:
             sigma = choose_sigma(
@@ -211,6 +213,23 @@ class RCTD:
                 )
             )  # fmt: skip
         return out
+
+    def batch_size(self, n_rows: int, n_genes: int, n_types: int) -> int:
+        """``method.batch_size``, or with ``auto`` the largest batch the memory holds."""
+        c = self.cfg
+        if c.batch_size != "auto":
+            return int(c.batch_size)
+        dev = self.runtime.device
+        itemsize = torch.empty((), dtype=self.runtime.dtype).element_size()
+        budget = memory.free_bytes(dev, c.memory_gb)
+        size = memory.auto_batch_size(
+            n_rows, n_genes, n_types, itemsize, tile_elems(dev), budget
+        )  # fmt: skip
+        if size != self._auto_reported:
+            print(f"rctd: batch_size=auto: {size} of {n_rows} pixels per batch "
+                  f"({budget / 2**30:.2f} GiB free)", file=sys.stderr)  # fmt: skip
+            self._auto_reported = size
+        return size
 
     def compare(
         self, result: RunResult, reference: Mapping[str, np.ndarray]

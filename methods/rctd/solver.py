@@ -27,15 +27,19 @@ import torch
 from methods.rctd.likelihood import LikelihoodTables, _flat_row_offset, _spline_eval
 from methods.rctd.qp import psd_project_with_norm, solve_box_qp
 
-__all__ = ["Design", "irwls", "solve_irwls", "solve_subsets", "subset_nll"]
+__all__ = ["Design", "irwls", "solve_irwls", "solve_subsets", "subset_nll", "tile_elems"]
 
 _CPU_TILE_ELEMS = 2**18  # (rows x genes) per tile on CPU: keeps the spline gathers in cache
 _GPU_TILE_ELEMS = 2**26
 
 
+def tile_elems(device: torch.device) -> int:
+    """(rows x genes) elements per tile of the spline pass on this device."""
+    return _CPU_TILE_ELEMS if device.type == "cpu" else _GPU_TILE_ELEMS
+
+
 def _tile_rows(n_genes: int, device: torch.device, per_row: int = 1) -> int:
-    elems = _CPU_TILE_ELEMS if device.type == "cpu" else _GPU_TILE_ELEMS
-    return max(1, elems // max(1, n_genes * per_row))
+    return max(1, tile_elems(device) // max(1, n_genes * per_row))
 
 
 class Design(Protocol):
