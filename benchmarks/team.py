@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PORT = int(os.environ.get("HARNESS_PG_PORT", "55432"))
 TUNE = ["method=rctd", "dataset.n_pixels=300", "method.sigma_override=100", "hardware=cpu",
-        "hardware.threads=1", "bench.repeats=2", "tracking.mlflow=false"]  # fmt: skip
+        "hardware.threads=1", "bench.repeats=2", "tracking.mlflow=false", "tune.write=false"]  # fmt: skip
 
 
 def database(prefix: str) -> str:
@@ -86,7 +86,9 @@ def server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, 
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                  "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    proc = subprocess.Popen(cmd, env=server_env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     for _ in range(180):
         try:
@@ -130,20 +132,30 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--parts", default="tune,sweep", help="tune and/or sweep")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="harness-team-"))
     print(f"work dir {work}")
-    for rep in range(1, a.reps + 1):
+    for rep in range(1, a.reps + 1 if "tune" in a.parts else 1):
         url = database("optuna")
         wall, over = tune_workers(a.workers, url, f"team{rep}", a.trials, work)
         print(f"PostgreSQL rep {rep}: {a.workers} workers, {a.trials} trials in {wall:.1f} s; "
               f"{check_study(url, f'team{rep}', a.trials)}; per-trial overhead (each worker's "
               f"median) {', '.join(f'{o:.3f}' for o in over)} s", flush=True)  # fmt: skip
+    if "tune" in a.parts:
+        one_worker(a, work)
+    if "sweep" in a.parts:
+        sweeps(a, work)
+
+
+def one_worker(a: argparse.Namespace, work: Path) -> None:
     lite = f"sqlite:///{work}/optuna-one.db"
     wall, over = tune_workers(1, lite, "one", a.trials, work)
     print(f"sqlite, one worker: {a.trials} trials in {wall:.1f} s; "
           f"{check_study(lite, 'one', a.trials)}; per-trial overhead {over[0]:.3f} s", flush=True)  # fmt: skip
 
+
+def sweeps(a: argparse.Namespace, work: Path) -> None:
     proc, uri = server(database("mlflow"), work / "artifacts", work / "server.log")
     try:
         wall_server = sweep(a.jobs, [f"tracking.uri={uri}"], work)

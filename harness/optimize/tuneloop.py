@@ -41,7 +41,10 @@ def commit_on_loop_branch(path: Path, description: str) -> None:
     from harness.optimize import gitops
     from harness.optimize.loop import BRANCH_PREFIX
 
-    repo = gitops.repo_at(Path.cwd())
+    try:
+        repo = gitops.repo_at(Path.cwd())
+    except UserError:  # tuning outside a git repository: nothing to commit
+        return
     if repo.head.is_detached or not repo.active_branch.name.startswith(BRANCH_PREFIX):
         return
     rel = str(path.resolve().relative_to(Path(repo.working_tree_dir).resolve()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,12 @@ _MAX_PARAM_LEN = 6000
 _BATCH = 100  # MLflow's log_batch limit for params and tags
 _METRIC_BATCH = 1000  # ... and for metrics
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+# Before mlflow is first imported: MLflow 3's telemetry reports usage over the network (none
+# here) from a thread that sets and unsets an environment variable while requests read
+# os.environ — a KeyError '_MLFLOW_TELEMETRY_SESSION_ID' failed runs/create on a tracking
+# server (benchmarks/team.py). No telemetry from a benchmark harness.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
