@@ -8,15 +8,18 @@ Each size is one ``python -m harness`` process (CPU, ``bench.warmup=1 bench.repe
 MLflow off, baselines off) in ``results/scaling/work`` (RCTD's likelihood tables are cached
 there once). Time is the harness's ``elapsed_s`` (the timed run, or the one timed training);
 ``wall_s`` is the whole process (data generation and prepare included). Memory is the process's
-peak RSS from ``wait4`` (the kernel's ``ru_maxrss``). The exponent is the slope of a
+peak RSS from ``wait4`` (the kernel's ``ru_maxrss``), started by a small launcher process
+(``benchmarks/peak.py``: a child forked from this grown process would inherit its high-water
+mark). The exponent is the slope of a
 least-squares line through (log size, log value); ``local`` is the slope between the two largest
 sizes, where the fixed cost (Python, torch, ~0.5 GB) weighs least.
 
 The natural size axes: RCTD pixels (Visium-HD-like sparse spatial counts: 18k genes, nUMI
 100..1000, ~3 % dense, 12 types, sigma fixed, full mode; gene cut-offs 2.5e-4 / 3.5e-4 give
-~5.7k bulk and ~1.9k regression genes, as in issue 17's case — the defaults select 9.2k), scVI cells (2000 genes, one epoch),
-CellBender droplets (one epoch), scBERT cells per type (one epoch per stage), CellWhisperer
-cells (one epoch). ``--peer PYTHON``: the peer (rctd-py, scvi-tools) at the same sizes, in that
+~5.7k bulk and ~1.9k regression genes, as in issue 17's case — the defaults select 9.2k),
+scVI cells (2000 genes, one epoch), CellBender cells per type (one epoch; the analysed
+droplets follow the cells), scBERT cells per type (one epoch per stage), CellWhisperer cells
+(one epoch). ``--peer PYTHON``: the peer (rctd-py, scvi-tools) at the same sizes, in that
 interpreter's process (a venv with ``pip install -e .[peers]``), same thread count.
 
 Writes ``results/scaling/scaling.tsv`` (one row per method x size x side) and
@@ -29,7 +32,6 @@ import argparse
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,8 +62,10 @@ CASES = {
     "scvi": Case("dataset.n_cells", [20000, 60000, 200000], [600000],
                  ["method=scvi", "dataset=cells/synthetic", "dataset.n_genes=2000",
                   "method.max_epochs=1"]),
-    "cellbender": Case("dataset.n_droplets", [5000, 15000, 50000], [150000],
-                       ["method=cellbender", "method.epochs=1"]),
+    # the analysed droplets follow the cells (the prior), not the empties: cells grow, the raw
+    # matrix holds 40k droplets (3 types x cells_per_type cells, the rest empty)
+    "cellbender": Case("dataset.cells_per_type", [300, 1000, 3000], [10000],
+                       ["method=cellbender", "method.epochs=1", "dataset.n_droplets=40000"]),
     "scbert": Case("dataset.cells_per_type", [100, 300, 1000], [3000],
                    ["method=scbert", "method.epochs_a=1", "method.epochs_b=1",
                     "method.prune_target=0.1"]),
@@ -73,13 +77,10 @@ CASES = {
 def _measured(
     cmd: list[str], cwd: Path, env: dict[str, str], log: Path
 ) -> tuple[int, float, float]:
-    """Run ``cmd``; (exit status, wall s, peak RSS MB) of that process."""
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+    """Run ``cmd``; (exit status, wall s, peak RSS MB) of that process (benchmarks/peak.py)."""
+    from peak import measured
+
+    return measured(cmd, cwd, env, log)
 
 
 def ours(method: str, size: int, threads: int) -> dict[str, float | str]:

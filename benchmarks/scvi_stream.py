@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,12 +86,11 @@ def generate(a: argparse.Namespace) -> None:
 
 # ---- measurements (each in its own process) --------------------------------------------------
 def _measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[int, float]:
-    """Run ``cmd``; (exit status, peak RSS MB of that process)."""
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, **(env or {})})  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
+    """Run ``cmd``; (exit status, peak RSS MB of that process; benchmarks/peak.py)."""
+    from peak import measured
+
+    rc, _, rss = measured(cmd, REPO, {**os.environ, **(env or {})}, log)
+    return rc, rss
 
 
 def loader_alone(path: str, workers: int, cells: int, chunk: int, batch_size: int) -> None:
