@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -94,14 +93,17 @@ def test_mc_inference_samples_only_the_head(tmp_path):
     model = ready.method.build(ready.state)
     model.head.set_bayes(True)
     x = ready.state.x_eval
-    t0 = time.perf_counter()
+    backbone = model.features
+    calls = []
+    model.features = lambda tok: calls.append(len(tok)) or backbone(tok)  # count backbone rows
     fast = mc_predict(model, x, 8, seed=3)
-    t1 = time.perf_counter()
+    fast_rows, calls[:] = sum(calls), []
     naive = mc_predict(model, x, 8, seed=3, naive=True)
-    t2 = time.perf_counter()
     assert torch.equal(fast.probs.argmax(1), naive.probs.argmax(1))
     assert torch.allclose(fast.probs, naive.probs, atol=1e-6)
-    assert (t2 - t1) > 2 * (t1 - t0)  # the backbone ran once, not 8 times
+    # the backbone saw every cell once, not 8 times (the speed-up is a benchmark's figure:
+    # benchmarks/model_figures.py scbert)
+    assert fast_rows == len(x) and sum(calls) == 8 * len(x)
     assert (fast.mutual_info >= -1e-6).all() and (fast.entropy >= 0).all()
 
 
