@@ -15,7 +15,7 @@ default output is under data/ (git-ignored).
   file with 0, 1 and 2 worker processes, cells/s over ``--loader-cells`` cells and the process's
   peak RSS;
 - training: ``python -m harness method=scvi dataset=cells/h5ad dataset.backed=true
-  method.staging=stream`` for one epoch (capped by ``--train-steps``... via max_epochs=1) with
+  method.staging=stream`` for one epoch (or `--train-steps` optimizer steps) with
   the same worker counts: cells/s of training and peak RSS;
 - ``--peer PY``: scvi-tools' AnnDataLoader on the same file (its own process, in-memory read:
   scvi-tools does not stream a backed file), cells/s and peak RSS.
@@ -162,7 +162,8 @@ def measure(a: argparse.Namespace) -> None:
                    f"method.batch_size={a.batch_size}", "method.max_epochs=1",
                    f"method.n_eval_cells={a.eval_cells}", "hardware=cpu",
                    f"hardware.threads={a.threads}", "tracking.mlflow=false",
-                   "bench.baseline=off", "bench.warmup_steps=2"]  # fmt: skip
+                   "bench.baseline=off", "bench.warmup_steps=2",
+                   *([f"method.max_steps={a.train_steps}"] if a.train_steps else [])]  # fmt: skip
             rc, rss = _measured(cmd, log, env)
             text = log.read_text()
             cps = re.search(r"^\s+cells_per_s\s+: ([0-9.e+]+)", text, re.M)
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--eval-cells", type=int, default=2000)
     m.add_argument("--no-train", action="store_true")
+    m.add_argument("--train-steps", type=int, default=0,
+                   help="stop training after this many steps (0: one full epoch)")  # fmt: skip
     m.add_argument("--peer", default="")
     a = p.parse_args(argv)
     (generate if a.cmd == "generate" else measure)(a)
