@@ -6,7 +6,7 @@ from here without pulling in torch: the config is validated before any heavy imp
 Config schema: ``MethodConfig``, ``DatasetConfig``, ``rng`` (ranges; ``task=False`` marks an
 execution-only key). Errors: ``UserError``. Running: ``Runtime``, ``RunContext``,
 ``RunResult``, ``SeriesPoint``, ``WorkCounter``, ``Checkpoint``. Outputs: ``output_hash``,
-``to_numpy``, ``host``. Data: ``read_h5ad``, ``counts_matrix``, ``resolve_user_path``,
+``to_numpy``, ``host``, ``max_relative_l2``. Data: ``read_h5ad``, ``counts_matrix``, ``resolve_user_path``,
 ``pbmc68k_counts``, ``pbmc68k_path``; files: ``atomic_write``. Tools for peer/benchmark scripts: ``prepared``.
 """
 
@@ -27,6 +27,7 @@ _EXPORTS = {
     "WorkCounter": "harness.bench.contract",
     "Checkpoint": "harness.bench.checkpoint",
     "output_hash": "harness.bench.hashing",
+    "max_relative_l2": "harness.bench.distance",
     "to_numpy": "harness.bench.hashing",
     "host": "harness.bench.hashing",
     "read_h5ad": "harness.data.counts",

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.api import max_relative_l2
 from methods.cellwhisperer import zeroshot
 from methods.cellwhisperer.config import CellWhispererTolerance
 
@@ -46,19 +47,7 @@ def compare(
         "label_agreement": float(np.mean(lg.argmax(1) == ref.argmax(1))),
         "logits_rel": float(np.max(np.abs(lg - ref)) / max(np.max(np.abs(ref)), 1e-12)),
     }
-    worst = 0.0
-    for name, r in reference.items():
-        if not name.startswith(("cell_head.", "text_head.", "log_scale")) or name.endswith(
-            "num_batches_tracked"
-        ):
-            continue
-        a, b = (
-            np.asarray(outputs.get(name, np.zeros(0)), dtype=np.float64),
-            np.asarray(r, dtype=np.float64),
-        )
-        if a.shape != b.shape:
-            return {**m, "head_rel": float("inf")}, False
-        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
+    worst = max_relative_l2(outputs, reference, ("cell_head.", "text_head.", "log_scale"))
     m["head_rel"] = worst
     ok = (
         m["label_agreement"] >= tol.label_agreement

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.api import max_relative_l2
 from methods.scbert.config import ScBERTTolerance
 
 
@@ -87,17 +88,7 @@ def compare(
         "prediction_agreement": float(np.mean(lg.argmax(1) == ref.argmax(1))),
         "logits_rel": float(np.max(np.abs(lg - ref)) / max(np.max(np.abs(ref)), 1e-12)),
     }
-    worst = 0.0
-    for name, r in reference.items():
-        if not name.startswith("head."):
-            continue
-        a, b = (
-            np.asarray(outputs.get(name, np.zeros(0)), dtype=np.float64),
-            np.asarray(r, dtype=np.float64),
-        )
-        if a.shape != b.shape:
-            return {**m, "head_rel": float("inf")}, False
-        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
+    worst = max_relative_l2(outputs, reference, ("head.",))
     m["head_rel"] = worst
     ok = (m["prediction_agreement"] >= tol.prediction_agreement and m["logits_rel"] <= tol.logits_rel
           and worst <= tol.head_rel)  # fmt: skip

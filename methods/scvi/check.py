@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from harness.api import max_relative_l2
 from methods.scvi.config import SCVITolerance
 
 
@@ -82,17 +83,7 @@ def lognorm(counts: np.ndarray) -> np.ndarray:
 def param_distance(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
     """The largest relative L2 distance ||θ − θ_ref|| / ||θ_ref|| over the trained parameter
     tensors (``state.*``; BatchNorm's batch counter aside)."""
-    worst = 0.0
-    for name, ref in reference.items():
-        if not name.startswith("state.") or name.endswith("num_batches_tracked"):
-            continue
-        if name not in outputs:
-            return float("inf")
-        a, b = np.asarray(outputs[name], dtype=np.float64), np.asarray(ref, dtype=np.float64)
-        if a.shape != b.shape:
-            return float("inf")
-        worst = max(worst, float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)))
-    return worst
+    return max_relative_l2(outputs, reference, ("state.",))
 
 
 def compare(
