@@ -114,6 +114,28 @@ def test_neutral_simplification_is_kept_as_neutral(repo):
     assert (row["status"], row["verdict"]) == ("keep-neutral", "exact"), row["description"]
 
 
+def test_a_fresh_candidate_is_warmed_like_the_kept_workers(repo):
+    """Unchanged speed, but the first full run in every process is slow (allocator growth,
+    lazy initialisation): the kept workers are warm across tries and each candidate is new, so
+    without the untimed warm round (``loop.warm_round``) the candidate's first timed round of
+    every pair after the first is slow and the neutral change is discarded."""
+    cold = (
+        HEADER
+        + """
+_CALLS = [0]
+
+
+def compute(x, speed):
+    _CALLS[0] += 1  # call 1: the worker's start-up warm-up; call 2: its first full run
+    time.sleep(knobs.SLEEP_S * speed / 5 + (8 * knobs.SLEEP_S if _CALLS[0] == 2 else 0.0))
+    return x * 2.0 + knobs.OFFSET
+"""
+    )
+    repo.write(FAST, cold, "same speed once warm")
+    row = _try(repo, "cold first run", "--neutral")
+    assert (row["status"], row["verdict"]) == ("keep-neutral", "exact"), row["description"]
+
+
 # ---- red team: the rules cannot be bent -------------------------------------------------------
 def test_try_with_a_loosening_override_is_refused_and_reverted(repo):
     repo.set_knob("OFFSET", "0.5", "wrong, hoping for a looser gate")

@@ -278,6 +278,11 @@ class Attempt:
             _as_kept(kept.request, "input", fields=fields)
             cand.request("input", fields=fields)
             session.inputs_s += time.monotonic() - t0
+            if r == 0 and self.loop.warm_round:  # untimed: both sides equally warm
+                t0 = time.monotonic()
+                _as_kept(kept.timed)
+                cand.timed()
+                session.startup_s += time.monotonic() - t0
             t0 = time.monotonic()
             if (p + r) % 2 == 0:
                 log.kept.append(_as_kept(kept.timed))

@@ -94,6 +94,11 @@ def run(argv: list[str]) -> int:
                     w.request("input", fields=fields)
                 session.inputs_s += time.monotonic() - t0
             op = "time" if fresh else "run"
+            if r == 0 and cmp.warm_round:  # untimed: a fresh worker's first full run is slow
+                t0 = time.monotonic()
+                for w in (a, b):
+                    w.timed(op)
+                session.startup_s += time.monotonic() - t0
             a_first = (p + r) % 2 == 0
             x, y = timed_round(a, b, op, session) if a_first else timed_round(b, a, op, session)
             log.kept.append(x if a_first else y)
