@@ -216,10 +216,70 @@ def _flat_row_offset(y: torch.Tensor, t: LikelihoodTables) -> torch.Tensor:
     return torch.clamp(y, 0, t.k_val).to(torch.long) * t.x.shape[0]
 
 
+_KERNELS: dict = {}
+
+
+def _cpu_spline_kernel():
+    """The fused CPU spline pass (numba, compiled once and cached on disk): clamp, index,
+    one gather per coefficient and the power-form evaluation in one pass over the entries."""
+    if "spline" not in _KERNELS:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def spline(row_off, lam, lut, x0, q, sq, c1, e, d0, d1, d2, with_d0, lo, hi, l_max):
+            third = 1.0 / 3.0
+            for j in range(lam.shape[0]):
+                v = min(max(lam[j], lo), hi)
+                ell = int(math.sqrt(np.float64(v) / DELTA))
+                ell = min(max(ell, 0), l_max)
+                i = lut[ell]
+                f = row_off[j] + i
+                u = v - x0[i]
+                s = sq[f]
+                ee = e[f]
+                d2[j] = s + ee * u
+                d1[j] = c1[f] + (s + 0.5 * ee * u) * u
+                if with_d0:
+                    d0[j] = q[f] + (c1[f] + 0.5 * (s + third * ee * u) * u) * u
+
+        _KERNELS["spline"] = spline
+    return _KERNELS["spline"]
+
+
+def _spline_eval_cpu(
+    row_off: torch.Tensor, lam: torch.Tensor, t: LikelihoodTables, with_d0: bool
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    c = t.coefficients()
+    shape = lam.shape
+    lam_f = lam.reshape(-1).contiguous()
+    d1 = torch.empty_like(lam_f)
+    d2 = torch.empty_like(lam_f)
+    d0 = torch.empty_like(lam_f) if with_d0 else d1
+    np_dt = lam_f.numpy().dtype.type
+    _cpu_spline_kernel()(
+        row_off.reshape(-1).contiguous().numpy(), lam_f.numpy(), c["lut"].numpy(),
+        c["x0"].numpy(), c["q"].numpy(), c["sq"].numpy(), c["c1"].numpy(), c["e"].numpy(),
+        d0.numpy(), d1.numpy(), d2.numpy(), with_d0, np_dt(LAMBDA_MIN), np_dt(LAMBDA_MAX),
+        _L_MAX,
+    )  # fmt: skip
+    out0 = d0.reshape(shape) if with_d0 else None
+    return out0, d1.reshape(shape), d2.reshape(shape)
+
+
 def _spline_eval(
     row_off: torch.Tensor, lam: torch.Tensor, t: LikelihoodTables, with_d0: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Spline value / first / second derivative at (row_off, lam); ``t`` in lam's dtype."""
+    """Spline value / first / second derivative at (row_off, lam); ``t`` in lam's dtype.
+    On the CPU one fused numba pass; elsewhere torch ops (the same arithmetic)."""
+    if lam.device.type == "cpu" and lam.dtype in (torch.float32, torch.float64):
+        return _spline_eval_cpu(row_off, lam, t, with_d0)
+    return _spline_eval_torch(row_off, lam, t, with_d0)
+
+
+def _spline_eval_torch(
+    row_off: torch.Tensor, lam: torch.Tensor, t: LikelihoodTables, with_d0: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``_spline_eval`` by torch ops (any device)."""
     c = t.coefficients()
     shape = lam.shape
     lam = torch.clamp(lam.reshape(-1), LAMBDA_MIN, LAMBDA_MAX)
