@@ -17,7 +17,7 @@ import torch
 from harness.api import UserError
 from methods.rctd.likelihood import _L_MAX, DELTA, LAMBDA_MAX, LAMBDA_MIN, LikelihoodTables
 from methods.rctd.qtable import SIGMA_GRID
-from methods.rctd.solver import solve_irwls
+from methods.rctd.solver import FitMemo, remember_fit, solve_irwls
 
 SIGMA_START = 100
 WINDOW = 8
@@ -111,14 +111,19 @@ def choose_sigma(
     y_flat = y.reshape(-1) if entries is None else y.reshape(-1)[entries]
     sigma = SIGMA_START
     for _ in range(n_epoch):
-        w, _ = solve_irwls(y, nu, profiles, tables[sigma], **solver_kw)
+        w, conv = solve_irwls(y, nu, profiles, tables[sigma], **solver_kw)
         lam = (nu[:, None] * (w.clamp(min=0.0) @ profiles.T)).clamp(min=1e-4).reshape(-1)
         if entries is not None:
             lam = lam[entries]
         window = sigma_window(sigma)
         scores = score_sigmas(y_flat, lam, window, tables)
         new = window[int(torch.argmin(scores))]
-        if new == sigma:
+        if new == sigma:  # the main fit at this sigma repeats these rows: hand them over
+            settings = {k: v for k, v in solver_kw.items() if k != "batch_size"}
+            remember_fit(FitMemo(
+                rows=torch.as_tensor(pick), y=y, numi=nu, profiles=profiles,
+                tables=tables[sigma], settings=settings, weights=w, converged=conv,
+            ))  # fmt: skip
             break
         sigma = new
     return sigma

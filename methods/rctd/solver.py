@@ -20,6 +20,7 @@ other problems share its batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -204,6 +205,54 @@ def _dense_rows(y: Any, a: int, b: int, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(y[a:b].toarray(), device=device)
 
 
+@dataclass
+class FitMemo:
+    """Full-mode fits of some rows, handed from sigma estimation to the main fit of the same
+    run: its last epoch fits the picked pixels at the sigma it returns, which the main fit
+    would repeat row for row (every result is independent of its batch). Used at most once,
+    and only when the tables, profiles, settings and every picked row's counts and nUMI are
+    equal to the main fit's."""
+
+    rows: torch.Tensor  # (m,) row indices into the main fit's counts
+    y: torch.Tensor  # (m, G) their counts
+    numi: torch.Tensor  # (m,)
+    profiles: torch.Tensor
+    tables: LikelihoodTables
+    settings: dict
+    weights: torch.Tensor
+    converged: torch.Tensor
+
+
+_MEMO: list[FitMemo] = []
+
+
+def remember_fit(memo: FitMemo) -> None:
+    """Offer ``memo`` to the next ``solve_irwls`` call (replacing an unused one)."""
+    _MEMO.clear()
+    _MEMO.append(memo)
+
+
+def _take_memo(
+    y: Any, numi: torch.Tensor, profiles: torch.Tensor, tables: LikelihoodTables, settings: dict
+) -> FitMemo | None:
+    """The offered memo if it applies to this call (module doc of ``FitMemo``), else None."""
+    if not _MEMO:
+        return None
+    memo = _MEMO.pop()
+    if memo.tables is not tables or memo.settings != settings:
+        return None
+    if memo.profiles.shape != profiles.shape or not torch.equal(memo.profiles, profiles):
+        return None
+    if memo.rows.numel() == 0 or int(memo.rows.max()) >= y.shape[0]:
+        return None
+    rows = memo.rows.cpu().numpy()
+    sub = y[memo.rows] if isinstance(y, torch.Tensor) else torch.as_tensor(y[rows].toarray())
+    sub = sub.to(device=memo.y.device, dtype=memo.y.dtype)
+    if not torch.equal(sub, memo.y) or not torch.equal(numi[memo.rows.to(numi.device)], memo.numi):
+        return None
+    return memo
+
+
 def solve_irwls(
     y: torch.Tensor,
     numi: torch.Tensor,
@@ -255,6 +304,24 @@ def solve_irwls(
 
     weights = torch.empty((n, k), dtype=dtype, device=device)
     converged = torch.empty(n, dtype=torch.bool, device=device)
+    memo = _take_memo(y, numi, profiles, tables, settings)
+    if memo is not None:  # rows fitted by sigma estimation: fit only the others
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[memo.rows.cpu()] = False
+        rest_idx = rest.nonzero().squeeze(1)
+        weights[memo.rows.to(device)] = memo.weights
+        converged[memo.rows.to(device)] = memo.converged
+        if rest_idx.numel():
+            y_rest = (
+                y[rest_idx.to(y.device)] if isinstance(y, torch.Tensor) else y[rest_idx.numpy()]
+            )
+            w_r, c_r = solve_irwls(
+                y_rest, numi[rest_idx.to(numi.device)], profiles, tables, batch_size=batch_size,
+                **settings,
+            )  # fmt: skip
+            weights[rest_idx.to(device)] = w_r
+            converged[rest_idx.to(device)] = c_r
+        return weights, converged
     bs = max(1, int(batch_size))
     for a in range(0, n, bs):
         b = min(a + bs, n)
