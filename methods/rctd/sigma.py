@@ -38,30 +38,62 @@ def sigma_window(sigma: int) -> list[int]:
     return list(SIGMA_GRID[max(0, i - WINDOW) : i + WINDOW + 1])
 
 
+_KERNELS: dict = {}
+
+
+def _cpu_score_kernel():
+    """The scatter of ``score_sigmas`` in one pass per multiplier (numba, cached on disk):
+    the same entries, order and arithmetic as the chunked torch version."""
+    if "score" not in _KERNELS:
+        import math
+
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def score(row_off, lam, lut, x0, acc, lo, hi, delta, l_max, m):
+            acc[:] = 0.0
+            for j in range(lam.shape[0]):
+                lm = min(max(lam[j] * m, lo), hi)
+                ell = min(max(int(math.sqrt(lm / delta)), 0), l_max)
+                i = lut[ell]
+                u = lm - x0[i]
+                r = row_off[j] + i
+                acc[r, 0] += 1.0
+                acc[r, 1] += u
+                acc[r, 2] += u * u
+                acc[r, 3] += u * u * u
+
+        _KERNELS["score"] = score
+    return _KERNELS["score"]
+
+
 def score_sigmas(y: torch.Tensor, lam: torch.Tensor, sigmas: list[int], tables: Tables):
     """For each sigma: min over ``MULTIPLIERS`` of ``-sum log P(y | m * lam)`` (float64).
 
     The spline value on interval i of count row k is ``sum_p u^p C[k, i, p]`` with
     ``u = lam - x_i`` and power-form coefficients C (q, c1, sq / 2, e / 6), so the sum over
     all entries is ``sum_{k,i,p} A[k, i, p] C[k, i, p]`` where A accumulates ``u^p`` of the
-    entries falling on (k, i): one scatter-add per multiplier, then one GEMV against the
-    coefficients of every sigma at once.
+    entries falling on (k, i): one scatter-add per multiplier, then per sigma a dot product
+    over the rows (k, i) that some entry fell on.
     """
     f64 = torch.float64
     t0 = tables[sigmas[0]]
     c0 = t0.coefficients()
     n_rows = c0["q"].shape[0]
-    coef = torch.stack(
-        [
-            torch.stack([c["q"], c["c1"], 0.5 * c["sq"], c["e"] / 6.0], dim=1).reshape(-1)
-            for c in (tables[s].coefficients() for s in sigmas)
-        ],
-        dim=1,
-    ).to(f64)  # (rows * 4, S)
+    coefs = [tables[s].coefficients() for s in sigmas]
     row_off = torch.clamp(y, 0, t0.k_val).to(torch.long) * t0.x.shape[0]
     x0 = c0["x0"].to(f64)
     lam = lam.to(f64)
     best = torch.full((len(sigmas),), float("inf"), dtype=f64, device=lam.device)
+    if lam.device.type == "cpu":
+        kern = _cpu_score_kernel()
+        acc = torch.empty((n_rows, 4), dtype=f64)
+        args = (row_off.contiguous().numpy(), lam.contiguous().numpy(), c0["lut"].numpy(),
+                x0.numpy(), acc.numpy(), LAMBDA_MIN, LAMBDA_MAX, DELTA, _L_MAX)  # fmt: skip
+        for m in MULTIPLIERS:
+            kern(*args, m)
+            best = torch.minimum(best, -_nll_by_sigma(acc, coefs))
+        return best
     for m in MULTIPLIERS:
         acc = torch.zeros((n_rows, 4), dtype=f64, device=lam.device)
         for a in range(0, lam.shape[0], _CHUNK):
@@ -71,8 +103,23 @@ def score_sigmas(y: torch.Tensor, lam: torch.Tensor, sigmas: list[int], tables: 
             u = lm - x0.index_select(0, i)
             powers = torch.stack([torch.ones_like(u), u, u * u, u * u * u], dim=1)
             acc.index_add_(0, row_off[a : a + _CHUNK] + i, powers)
-        best = torch.minimum(best, -(acc.reshape(-1) @ coef))
+        best = torch.minimum(best, -_nll_by_sigma(acc, coefs))
     return best
+
+
+def _nll_by_sigma(acc: torch.Tensor, coefs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Per sigma ``sum A C``: only the (count, interval) rows some entry fell on contribute, so
+    their coefficients are gathered per sigma instead of a GEMV over every row of every table."""
+    f64 = torch.float64
+    rows = acc[:, 0].nonzero().squeeze(1)
+    a_t = acc.index_select(0, rows)
+    return torch.stack([
+        (a_t[:, 0] * c["q"].index_select(0, rows).to(f64)).sum()
+        + (a_t[:, 1] * c["c1"].index_select(0, rows).to(f64)).sum()
+        + (a_t[:, 2] * (0.5 * c["sq"].index_select(0, rows).to(f64))).sum()
+        + (a_t[:, 3] * (c["e"].index_select(0, rows).to(f64) / 6.0)).sum()
+        for c in coefs
+    ])  # fmt: skip
 
 
 def choose_sigma(
