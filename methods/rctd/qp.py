@@ -16,7 +16,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["kkt_violation", "psd_project", "psd_project_with_norm", "solve_box_qp"]
+__all__ = [
+    "kkt_violation",
+    "psd_project",
+    "psd_project_with_norm",
+    "qp_system",
+    "solve_box_qp",
+]
 
 _CUDA_EIGH_BATCH = 16384  # cuSOLVER's batched eigh fails on very large batches
 KKT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}  # D is scaled to spectral norm ~1
@@ -90,6 +96,111 @@ def psd_project_with_norm(h: torch.Tensor, floor: float) -> tuple[torch.Tensor, 
     if bad_idx.numel():
         out[bad_idx], norm[bad_idx] = _project_eigh(h[bad_idx], floor)
     return out, norm
+
+
+def _cpu_system_kernel():
+    """Per problem (numba, cached on disk): symmetrise H (a matrix holding NaN/Inf becomes
+    floor I), test H - floor I by Cholesky, and for those that pass (left unprojected) take the
+    spectral norm by power iteration (relative change < 1e-12) and write D = H / ||H|| + 1e-7 I,
+    d = -g / ||H||. The others are flagged, with the symmetrised H in D, for eigh."""
+    if "system" not in _KERNELS:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def system(h, g, floor, d_mat, d_vec, ok):
+            n, k = g.shape
+            c = np.empty((k, k), dtype=h.dtype)
+            v = np.empty(k, dtype=h.dtype)
+            w = np.empty(k, dtype=h.dtype)
+            for b in range(n):
+                finite = True
+                for i in range(k):
+                    for j in range(k):
+                        x = 0.5 * (h[b, i, j] + h[b, j, i])
+                        d_mat[b, i, j] = x
+                        if not np.isfinite(x):
+                            finite = False
+                if not finite:
+                    for i in range(k):
+                        for j in range(k):
+                            d_mat[b, i, j] = floor if i == j else 0.0
+                good = True
+                for i in range(k):  # Cholesky of H - floor I (lower triangle)
+                    for j in range(i + 1):
+                        acc = d_mat[b, i, j] - (floor if i == j else 0.0)
+                        for m in range(j):
+                            acc -= c[i, m] * c[j, m]
+                        if i == j:
+                            if not acc > 0.0:
+                                good = False
+                                break
+                            c[i, i] = np.sqrt(acc)
+                        else:
+                            c[i, j] = acc / c[j, j]
+                    if not good:
+                        break
+                ok[b] = good
+                if not good:
+                    continue
+                for i in range(k):
+                    v[i] = 1.0
+                lam = 0.0
+                for _ in range(500):
+                    nrm = 0.0
+                    for i in range(k):
+                        acc = 0.0
+                        for j in range(k):
+                            acc += d_mat[b, i, j] * v[j]
+                        w[i] = acc
+                        nrm += acc * acc
+                    nrm = np.sqrt(nrm)
+                    ray = 0.0
+                    vv = 0.0
+                    for i in range(k):
+                        ray += v[i] * w[i]
+                        vv += v[i] * v[i]
+                    ray /= vv
+                    for i in range(k):
+                        v[i] = w[i] / nrm
+                    done = abs(ray - lam) <= 1e-12 * abs(ray)
+                    lam = ray
+                    if done:
+                        break
+                for i in range(k):
+                    for j in range(k):
+                        d_mat[b, i, j] = d_mat[b, i, j] / lam + (1e-7 if i == j else 0.0)
+                    d_vec[b, i] = -g[b, i] / lam
+
+        _KERNELS["system"] = system
+    return _KERNELS["system"]
+
+
+def qp_system(
+    hess: torch.Tensor, grad: torch.Tensor, floor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IRWLS step's QP ``D = P(H) / ||P(H)|| + 1e-7 I``, ``d = -g / ||P(H)||`` with P the
+    projection of :func:`psd_project_with_norm` (batched: H (B, K, K), g (B, K))."""
+    k = grad.shape[-1]
+    cpu = hess.device.type == "cpu" and hess.dtype in (torch.float32, torch.float64)
+    if not cpu or k <= 2:
+        hess, norm = psd_project_with_norm(hess, floor)
+        eye = torch.eye(k, dtype=hess.dtype, device=hess.device)
+        return hess / norm[:, None, None] + 1e-7 * eye, -grad / norm[:, None]
+    n = grad.shape[0]
+    d_mat = torch.empty_like(hess)
+    d_vec = torch.empty_like(grad)
+    ok = torch.empty(n, dtype=torch.bool)
+    _cpu_system_kernel()(
+        hess.contiguous().numpy(), grad.contiguous().numpy(), floor, d_mat.numpy(),
+        d_vec.numpy(), ok.numpy(),
+    )  # fmt: skip
+    bad = (~ok).nonzero().squeeze(1)
+    if bad.numel():
+        proj, norm = _project_eigh(d_mat[bad], floor)
+        eye = torch.eye(k, dtype=hess.dtype)
+        d_mat[bad] = proj / norm[:, None, None] + 1e-7 * eye
+        d_vec[bad] = -grad[bad] / norm[:, None]
+    return d_mat, d_vec
 
 
 def psd_project(h: torch.Tensor, floor: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from methods.rctd.likelihood import LikelihoodTables, _flat_row_offset, _spline_eval
-from methods.rctd.qp import psd_project_with_norm, solve_box_qp
+from methods.rctd.qp import qp_system, solve_box_qp
 
 __all__ = ["Design", "irwls", "solve_irwls", "solve_subsets", "subset_nll", "tile_elems"]
 
@@ -164,7 +164,6 @@ def irwls(
     qp_exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The IRWLS loop over ``n`` problems of ``k`` weights; returns weights and converged."""
-    eye = torch.eye(k, dtype=dtype, device=device)
     w_out = torch.full((n, k), 1.0 / k, dtype=dtype, device=device)
     conv_out = torch.zeros(n, dtype=torch.bool, device=device)
     if n == 0:
@@ -175,9 +174,7 @@ def irwls(
     for it in range(max_iter):
         s = w.clamp(min=0.0)
         grad, hess = design.grad_hess(s)
-        hess, norm = psd_project_with_norm(hess, psd_floor)
-        d_mat = hess / norm[:, None, None] + 1e-7 * eye
-        d_vec = grad.neg_() / norm[:, None]
+        d_mat, d_vec = qp_system(hess, grad, psd_floor)
         delta = solve_box_qp(d_mat, d_vec, -s, qp_sweeps, exact=qp_exact)
         w_new = s + step * delta
         change = (w_new - w).abs().sum(1)
