@@ -266,6 +266,8 @@ def _cpu_gauss_seidel_kernel():
                 for _ in range(sweeps):
                     for i in range(k):
                         delta = max(r[i], z[i])
+                        if delta == 0.0:  # held at its bound (or at rest): r - 0 * dn == r
+                            continue
                         z[i] -= delta
                         for j in range(k):
                             r[j] -= dn[i, j] * delta
