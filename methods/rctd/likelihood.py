@@ -217,6 +217,8 @@ def _flat_row_offset(y: torch.Tensor, t: LikelihoodTables) -> torch.Tensor:
 
 
 _KERNELS: dict = {}
+# False: the torch code paths (the ones CUDA runs) on the CPU too; tests compare the two
+CPU_KERNELS = True
 
 
 def _cpu_spline_kernel():
@@ -271,7 +273,7 @@ def _spline_eval(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Spline value / first / second derivative at (row_off, lam); ``t`` in lam's dtype.
     On the CPU one fused numba pass; elsewhere torch ops (the same arithmetic)."""
-    if lam.device.type == "cpu" and lam.dtype in (torch.float32, torch.float64):
+    if CPU_KERNELS and lam.device.type == "cpu" and lam.dtype in (torch.float32, torch.float64):
         return _spline_eval_cpu(row_off, lam, t, with_d0)
     return _spline_eval_torch(row_off, lam, t, with_d0)
 
