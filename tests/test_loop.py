@@ -65,6 +65,12 @@ def _judged(repo: LoopRepo, change: str, *extra: str) -> dict[str, str]:
     return row
 
 
+def test_start_records_its_baseline_from_the_start_commit(repo):
+    rows = [r for r in _rows(repo) if r["status"] == "baseline" and r["tag"] == "t"]
+    assert rows and _state(repo)["base"].startswith(rows[0]["commit"])
+    assert rows[0]["dirty"] in ("", "False", "false", "0")
+
+
 def test_start_freezes_the_rules(repo):
     row = _rows(repo)[0]
     assert (row["status"], row["tag"]) == ("baseline", "t")
@@ -126,8 +132,11 @@ _CALLS = [0]
 
 
 def compute(x, speed):
+    if knobs.CRASH:
+        raise RuntimeError("planted crash")
     _CALLS[0] += 1  # call 1: the worker's start-up warm-up; call 2: its first full run
-    time.sleep(knobs.SLEEP_S * speed / 5 + (8 * knobs.SLEEP_S if _CALLS[0] == 2 else 0.0))
+    cold = 8 * knobs.SLEEP_S if _CALLS[0] == 2 else 0.0
+    time.sleep(3600 if knobs.HANG else knobs.SLEEP_S * speed / 5 + cold)
     return x * 2.0 + knobs.OFFSET
 """
     )
@@ -170,7 +179,7 @@ def test_commit_editing_the_check_is_rejected(repo):
 
 @pytest.mark.parametrize(
     ("module", "named"),
-    [("numba", "numba (not declared"), ("harness.bench.hashing", "harness internals")],
+    [("llvmlite", "llvmlite (not declared"), ("harness.bench.hashing", "harness internals")],
 )
 def test_commit_importing_an_undeclared_package_is_rejected(repo, module, named):
     text = (repo.root / FAST).read_text().replace("import time", f"import time\nimport {module}")

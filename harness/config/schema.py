@@ -217,11 +217,12 @@ class DecisionConfig:
     detect: float = field(default=0.04, metadata=rng(ge=0, lt=1))
     beta: float = field(default=0.1, metadata=rng(gt=0, lt=0.5))
     rounds: int = field(default=4, metadata=rng(ge=1))  # fresh inputs per worker pair
-    # one untimed run of both workers on each pair's first input before its timed rounds: a
-    # fresh worker's first full run is slower than a warm one's, and the loop's kept workers
+    # one untimed run of both workers, on an input of its own, before each pair's timed rounds:
+    # a fresh worker's first full run is slower than a warm one's, and the loop's kept workers
     # stay warm across tries while every candidate is new (measured, scVI 40 epochs on the
     # 2-core VM: an A/A try without it came out -4.2% [-18.7%, +8.6%] over 7 pairs, and three
-    # more unchanged-speed tries -5% to -13%)
+    # more unchanged-speed tries -5% to -13%). Its own input: warming on the first round's input
+    # let a memo keyed on the input bytes through (tests/test_loop.py, planted cheats)
     warm_round: bool = True
     min_pairs: int = field(default=2, metadata=rng(ge=1))
     max_pairs: int = field(default=16, metadata=rng(ge=1))

@@ -270,6 +270,14 @@ class Attempt:
         if p == 0:
             self.gates(cand)
         log = PairLog()
+        if self.loop.warm_round:  # untimed, on an input of its own: both sides equally warm
+            fields = fresh_fields(self.valid.dataset, fresh_draw())
+            t0 = time.monotonic()
+            _as_kept(kept.request, "input", fields=fields)
+            cand.request("input", fields=fields)
+            _as_kept(kept.timed)
+            cand.timed()
+            session.startup_s += time.monotonic() - t0
         for r in range(self.loop.rounds):
             draw = fresh_draw()
             self.details["draws"].append(draw)
@@ -278,11 +286,6 @@ class Attempt:
             _as_kept(kept.request, "input", fields=fields)
             cand.request("input", fields=fields)
             session.inputs_s += time.monotonic() - t0
-            if r == 0 and self.loop.warm_round:  # untimed: both sides equally warm
-                t0 = time.monotonic()
-                _as_kept(kept.timed)
-                cand.timed()
-                session.startup_s += time.monotonic() - t0
             t0 = time.monotonic()
             if (p + r) % 2 == 0:
                 log.kept.append(_as_kept(kept.timed))

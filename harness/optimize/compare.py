@@ -86,6 +86,15 @@ def run(argv: list[str]) -> int:
     def play(p: int, a: Worker, b: Worker, session: Session) -> PairLog:
         log = PairLog()
         fresh = a.protocol >= 2 and b.protocol >= 2 and valid.dataset.draw(1) is not None
+        if cmp.warm_round:  # untimed, on an input of its own: a fresh worker's first run is slow
+            t0 = time.monotonic()
+            if fresh:
+                fields = fresh_fields(valid.dataset, fresh_draw())
+                for w in (a, b):
+                    w.request("input", fields=fields)
+            for w in (a, b):
+                w.timed("time" if fresh else "run")
+            session.startup_s += time.monotonic() - t0
         for r in range(cmp.rounds):
             if fresh:
                 fields = fresh_fields(valid.dataset, fresh_draw())
@@ -94,11 +103,6 @@ def run(argv: list[str]) -> int:
                     w.request("input", fields=fields)
                 session.inputs_s += time.monotonic() - t0
             op = "time" if fresh else "run"
-            if r == 0 and cmp.warm_round:  # untimed: a fresh worker's first full run is slow
-                t0 = time.monotonic()
-                for w in (a, b):
-                    w.timed(op)
-                session.startup_s += time.monotonic() - t0
             a_first = (p + r) % 2 == 0
             x, y = timed_round(a, b, op, session) if a_first else timed_round(b, a, op, session)
             log.kept.append(x if a_first else y)

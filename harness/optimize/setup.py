@@ -106,9 +106,15 @@ def freeze(repo: Any, tag: str, branch: str, overrides: list[str]) -> None:
         state.frozen["baselines"] = {
             p.name: sha256_file(p) for p in (state.baseline_path, state.check_path)
         }
+        # the recorded baseline run, also from the start commit's worktree: a commit made while
+        # start runs must not be what results.tsv and MLflow call the baseline
         cmd = [sys.executable, "-m", "harness", *overrides, "bench.baseline=off"]
+        cmd += [
+            f"paths.results={results}",
+            f"paths.cache={(Path.cwd() / top.paths.cache).resolve()}",
+        ]
         cmd += ["run.status=baseline", f"run.tag={tag}", "run.description=loop baseline"]
-        if subprocess.run(cmd).returncode != 0:
+        if subprocess.run(cmd, cwd=judge_tree).returncode != 0:
             raise UserError("loop start: the baseline benchmark failed")
     except BaseException:
         repo.git.checkout(previous)
