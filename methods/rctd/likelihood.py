@@ -216,36 +216,34 @@ def _flat_row_offset(y: torch.Tensor, t: LikelihoodTables) -> torch.Tensor:
     return torch.clamp(y, 0, t.k_val).to(torch.long) * t.x.shape[0]
 
 
-_KERNELS: dict = {}
 # False: the torch code paths (the ones CUDA runs) on the CPU too; tests compare the two
 CPU_KERNELS = True
 
 
+@functools.cache
 def _cpu_spline_kernel():
     """The fused CPU spline pass (numba, compiled once and cached on disk): clamp, index,
     one gather per coefficient and the power-form evaluation in one pass over the entries."""
-    if "spline" not in _KERNELS:
-        import numba
+    import numba
 
-        @numba.njit(cache=True, nogil=True)
-        def spline(row_off, lam, lut, x0, q, sq, c1, e, d0, d1, d2, with_d0, lo, hi, l_max):
-            third = 1.0 / 3.0
-            for j in range(lam.shape[0]):
-                v = min(max(lam[j], lo), hi)
-                ell = int(math.sqrt(np.float64(v) / DELTA))
-                ell = min(max(ell, 0), l_max)
-                i = lut[ell]
-                f = row_off[j] + i
-                u = v - x0[i]
-                s = sq[f]
-                ee = e[f]
-                d2[j] = s + ee * u
-                d1[j] = c1[f] + (s + 0.5 * ee * u) * u
-                if with_d0:
-                    d0[j] = q[f] + (c1[f] + 0.5 * (s + third * ee * u) * u) * u
+    @numba.njit(cache=True, nogil=True)
+    def spline(row_off, lam, lut, x0, q, sq, c1, e, d0, d1, d2, with_d0, lo, hi, l_max):
+        third = 1.0 / 3.0
+        for j in range(lam.shape[0]):
+            v = min(max(lam[j], lo), hi)
+            ell = int(math.sqrt(np.float64(v) / DELTA))
+            ell = min(max(ell, 0), l_max)
+            i = lut[ell]
+            f = row_off[j] + i
+            u = v - x0[i]
+            s = sq[f]
+            ee = e[f]
+            d2[j] = s + ee * u
+            d1[j] = c1[f] + (s + 0.5 * ee * u) * u
+            if with_d0:
+                d0[j] = q[f] + (c1[f] + 0.5 * (s + third * ee * u) * u) * u
 
-        _KERNELS["spline"] = spline
-    return _KERNELS["spline"]
+    return spline
 
 
 def _spline_eval_cpu(

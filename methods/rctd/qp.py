@@ -11,6 +11,7 @@ Every operation acts row by row, so a matrix's result does not depend on the res
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +25,8 @@ __all__ = [
     "solve_box_qp",
 ]
 
+# False: the torch code paths (the ones CUDA runs) on the CPU too; tests compare the two
+CPU_KERNELS = True
 _CUDA_EIGH_BATCH = 16384  # cuSOLVER's batched eigh fails on very large batches
 KKT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}  # D is scaled to spectral norm ~1
 
@@ -98,6 +101,7 @@ def psd_project_with_norm(h: torch.Tensor, floor: float) -> tuple[torch.Tensor, 
     return out, norm
 
 
+@functools.cache
 def _cpu_system_kernel():
     """Per problem (numba, cached on disk): symmetrise H (a matrix holding NaN/Inf becomes
     floor I), test H - floor I by Cholesky, and for those that pass (left unprojected) take the
@@ -107,76 +111,74 @@ def _cpu_system_kernel():
     The power iteration is capped at 500 steps: when the two largest eigenvalues nearly
     coincide the norm can be off by up to about their gap. That only rescales the 1e-7 ridge —
     the box QP is otherwise invariant to the common scale of D and d."""
-    if "system" not in _KERNELS:
-        import numba
+    import numba
 
-        @numba.njit(cache=True, nogil=True)
-        def system(h, g, floor, d_mat, d_vec, ok):
-            n, k = g.shape
-            c = np.empty((k, k), dtype=h.dtype)
-            v = np.empty(k, dtype=h.dtype)
-            w = np.empty(k, dtype=h.dtype)
-            for b in range(n):
-                finite = True
+    @numba.njit(cache=True, nogil=True)
+    def system(h, g, floor, d_mat, d_vec, ok):
+        n, k = g.shape
+        c = np.empty((k, k), dtype=h.dtype)
+        v = np.empty(k, dtype=h.dtype)
+        w = np.empty(k, dtype=h.dtype)
+        for b in range(n):
+            finite = True
+            for i in range(k):
+                for j in range(k):
+                    x = 0.5 * (h[b, i, j] + h[b, j, i])
+                    d_mat[b, i, j] = x
+                    if not np.isfinite(x):
+                        finite = False
+            if not finite:
                 for i in range(k):
                     for j in range(k):
-                        x = 0.5 * (h[b, i, j] + h[b, j, i])
-                        d_mat[b, i, j] = x
-                        if not np.isfinite(x):
-                            finite = False
-                if not finite:
-                    for i in range(k):
-                        for j in range(k):
-                            d_mat[b, i, j] = floor if i == j else 0.0
-                good = True
-                for i in range(k):  # Cholesky of H - floor I (lower triangle)
-                    for j in range(i + 1):
-                        acc = d_mat[b, i, j] - (floor if i == j else 0.0)
-                        for m in range(j):
-                            acc -= c[i, m] * c[j, m]
-                        if i == j:
-                            if not acc > 0.0:
-                                good = False
-                                break
-                            c[i, i] = np.sqrt(acc)
-                        else:
-                            c[i, j] = acc / c[j, j]
-                    if not good:
-                        break
-                ok[b] = good
+                        d_mat[b, i, j] = floor if i == j else 0.0
+            good = True
+            for i in range(k):  # Cholesky of H - floor I (lower triangle)
+                for j in range(i + 1):
+                    acc = d_mat[b, i, j] - (floor if i == j else 0.0)
+                    for m in range(j):
+                        acc -= c[i, m] * c[j, m]
+                    if i == j:
+                        if not acc > 0.0:
+                            good = False
+                            break
+                        c[i, i] = np.sqrt(acc)
+                    else:
+                        c[i, j] = acc / c[j, j]
                 if not good:
-                    continue
+                    break
+            ok[b] = good
+            if not good:
+                continue
+            for i in range(k):
+                v[i] = 1.0
+            lam = 0.0
+            for _ in range(500):
+                nrm = 0.0
                 for i in range(k):
-                    v[i] = 1.0
-                lam = 0.0
-                for _ in range(500):
-                    nrm = 0.0
-                    for i in range(k):
-                        acc = 0.0
-                        for j in range(k):
-                            acc += d_mat[b, i, j] * v[j]
-                        w[i] = acc
-                        nrm += acc * acc
-                    nrm = np.sqrt(nrm)
-                    ray = 0.0
-                    vv = 0.0
-                    for i in range(k):
-                        ray += v[i] * w[i]
-                        vv += v[i] * v[i]
-                    ray /= vv
-                    for i in range(k):
-                        v[i] = w[i] / nrm
-                    done = abs(ray - lam) <= 1e-12 * abs(ray)
-                    lam = ray
-                    if done:
-                        break
-                for i in range(k):
+                    acc = 0.0
                     for j in range(k):
-                        d_mat[b, i, j] = d_mat[b, i, j] / lam + (1e-7 if i == j else 0.0)
-                    d_vec[b, i] = -g[b, i] / lam
+                        acc += d_mat[b, i, j] * v[j]
+                    w[i] = acc
+                    nrm += acc * acc
+                nrm = np.sqrt(nrm)
+                ray = 0.0
+                vv = 0.0
+                for i in range(k):
+                    ray += v[i] * w[i]
+                    vv += v[i] * v[i]
+                ray /= vv
+                for i in range(k):
+                    v[i] = w[i] / nrm
+                done = abs(ray - lam) <= 1e-12 * abs(ray)
+                lam = ray
+                if done:
+                    break
+            for i in range(k):
+                for j in range(k):
+                    d_mat[b, i, j] = d_mat[b, i, j] / lam + (1e-7 if i == j else 0.0)
+                d_vec[b, i] = -g[b, i] / lam
 
-        _KERNELS["system"] = system
-    return _KERNELS["system"]
+    return system
 
 
 def qp_system(
@@ -187,9 +189,7 @@ def qp_system(
     k = grad.shape[-1]
     cpu = CPU_KERNELS and hess.device.type == "cpu" and hess.dtype in (torch.float32, torch.float64)
     if not cpu or k <= 2:
-        hess, norm = psd_project_with_norm(hess, floor)
-        eye = torch.eye(k, dtype=hess.dtype, device=hess.device)
-        return hess / norm[:, None, None] + 1e-7 * eye, -grad / norm[:, None]
+        return _scaled(*psd_project_with_norm(hess, floor), grad)
     n = grad.shape[0]
     d_mat = torch.empty_like(hess)
     d_vec = torch.empty_like(grad)
@@ -200,11 +200,14 @@ def qp_system(
     )  # fmt: skip
     bad = (~ok).nonzero().squeeze(1)
     if bad.numel():
-        proj, norm = _project_eigh(d_mat[bad], floor)
-        eye = torch.eye(k, dtype=hess.dtype)
-        d_mat[bad] = proj / norm[:, None, None] + 1e-7 * eye
-        d_vec[bad] = -grad[bad] / norm[:, None]
+        d_mat[bad], d_vec[bad] = _scaled(*_project_eigh(d_mat[bad], floor), grad[bad])
     return d_mat, d_vec
+
+
+def _scaled(hess: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor):
+    """``(H / norm + 1e-7 I, -g / norm)``."""
+    eye = torch.eye(hess.shape[-1], dtype=hess.dtype, device=hess.device)
+    return hess / norm[:, None, None] + 1e-7 * eye, -grad / norm[:, None]
 
 
 def psd_project(h: torch.Tensor, floor: float) -> torch.Tensor:
@@ -241,47 +244,41 @@ def _sweeps_fn():
     return _SCRIPTED[0]
 
 
-_KERNELS: dict = {}
-# False: the torch code paths (the ones CUDA runs) on the CPU too; tests compare the two
-CPU_KERNELS = True
-
-
+@functools.cache
 def _cpu_gauss_seidel_kernel():
     """Projected Gauss-Seidel, one problem at a time in registers (numba, cached on disk):
     the same moves as ``_sweeps`` (residual r, slack z), problem-major."""
-    if "gs" not in _KERNELS:
-        import numba
+    import numba
 
-        @numba.njit(cache=True, nogil=True)
-        def gs(d_mat, d, lb, sweeps, out):
-            n, k = d.shape
-            r = np.empty(k, dtype=d.dtype)
-            z = np.empty(k, dtype=d.dtype)
-            dn = np.empty((k, k), dtype=d.dtype)
-            for b in range(n):
+    @numba.njit(cache=True, nogil=True)
+    def gs(d_mat, d, lb, sweeps, out):
+        n, k = d.shape
+        r = np.empty(k, dtype=d.dtype)
+        z = np.empty(k, dtype=d.dtype)
+        dn = np.empty((k, k), dtype=d.dtype)
+        for b in range(n):
+            for i in range(k):
+                out[b, i] = max(d[b, i] / d_mat[b, i, i], lb[b, i])
+            for j in range(k):
+                acc = d_mat[b, j, 0] * out[b, 0]
+                for i in range(1, k):
+                    acc += d_mat[b, j, i] * out[b, i]
+                r[j] = (d[b, j] - acc) / d_mat[b, j, j]
+                z[j] = lb[b, j] - out[b, j]
                 for i in range(k):
-                    out[b, i] = max(d[b, i] / d_mat[b, i, i], lb[b, i])
-                for j in range(k):
-                    acc = d_mat[b, j, 0] * out[b, 0]
-                    for i in range(1, k):
-                        acc += d_mat[b, j, i] * out[b, i]
-                    r[j] = (d[b, j] - acc) / d_mat[b, j, j]
-                    z[j] = lb[b, j] - out[b, j]
-                    for i in range(k):
-                        dn[i, j] = d_mat[b, j, i] / d_mat[b, j, j]
-                for _ in range(sweeps):
-                    for i in range(k):
-                        delta = max(r[i], z[i])
-                        if delta == 0.0:  # held at its bound (or at rest): r - 0 * dn == r
-                            continue
-                        z[i] -= delta
-                        for j in range(k):
-                            r[j] -= dn[i, j] * delta
+                    dn[i, j] = d_mat[b, j, i] / d_mat[b, j, j]
+            for _ in range(sweeps):
                 for i in range(k):
-                    out[b, i] = lb[b, i] - z[i]
+                    delta = max(r[i], z[i])
+                    if delta == 0.0:  # held at its bound (or at rest): r - 0 * dn == r
+                        continue
+                    z[i] -= delta
+                    for j in range(k):
+                        r[j] -= dn[i, j] * delta
+            for i in range(k):
+                out[b, i] = lb[b, i] - z[i]
 
-        _KERNELS["gs"] = gs
-    return _KERNELS["gs"]
+    return gs
 
 
 def _gauss_seidel(d_mat: torch.Tensor, d: torch.Tensor, lb: torch.Tensor, sweeps: int):

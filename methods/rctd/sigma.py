@@ -9,6 +9,8 @@ steps of the current one by ``min over m in {0.8, 0.9, 1, 1.1, 1.2}`` of the NLL
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,35 +40,31 @@ def sigma_window(sigma: int) -> list[int]:
     return list(SIGMA_GRID[max(0, i - WINDOW) : i + WINDOW + 1])
 
 
-_KERNELS: dict = {}
 # False: the torch code path (the one CUDA runs) on the CPU too; tests compare the two
 CPU_KERNELS = True
 
 
+@functools.cache
 def _cpu_score_kernel():
     """The scatter of ``score_sigmas`` in one pass per multiplier (numba, cached on disk):
     the same entries, order and arithmetic as the chunked torch version."""
-    if "score" not in _KERNELS:
-        import math
+    import numba
 
-        import numba
+    @numba.njit(cache=True, nogil=True)
+    def score(row_off, lam, lut, x0, acc, lo, hi, delta, l_max, m):
+        acc[:] = 0.0
+        for j in range(lam.shape[0]):
+            lm = min(max(lam[j] * m, lo), hi)
+            ell = min(max(int(math.sqrt(lm / delta)), 0), l_max)
+            i = lut[ell]
+            u = lm - x0[i]
+            r = row_off[j] + i
+            acc[r, 0] += 1.0
+            acc[r, 1] += u
+            acc[r, 2] += u * u
+            acc[r, 3] += u * u * u
 
-        @numba.njit(cache=True, nogil=True)
-        def score(row_off, lam, lut, x0, acc, lo, hi, delta, l_max, m):
-            acc[:] = 0.0
-            for j in range(lam.shape[0]):
-                lm = min(max(lam[j] * m, lo), hi)
-                ell = min(max(int(math.sqrt(lm / delta)), 0), l_max)
-                i = lut[ell]
-                u = lm - x0[i]
-                r = row_off[j] + i
-                acc[r, 0] += 1.0
-                acc[r, 1] += u
-                acc[r, 2] += u * u
-                acc[r, 3] += u * u * u
-
-        _KERNELS["score"] = score
-    return _KERNELS["score"]
+    return score
 
 
 def score_sigmas(y: torch.Tensor, lam: torch.Tensor, sigmas: list[int], tables: Tables):
