@@ -78,11 +78,30 @@ def save(
     atomic_write(path, lambda fh: np.savez(fh, __meta__=np.array(header), **arrays))
 
 
-def load(path: Path) -> Baseline | None:
-    """The stored baseline, or None when there is none."""
+class Malformed(ValueError):
+    """An outputs file that is not what a worker of this harness writes."""
+
+
+def _validate(npz: Any) -> None:
+    """Raw outputs only: numeric arrays under the known prefixes, well-formed sparse parts."""
+    for key in npz.files:
+        if key == "__meta__":
+            continue
+        if not key.startswith(("out__", "csr__")):
+            raise Malformed(f"unexpected entry {key!r}")
+        if npz[key].dtype.kind not in "biuf":
+            raise Malformed(f"{key!r} has dtype {npz[key].dtype} (numeric outputs only)")
+
+
+def load(path: Path, strict: bool = False) -> Baseline | None:
+    """The stored baseline, or None when there is none. Nothing in the file executes on load
+    (no pickles); ``strict`` (a file a candidate's process wrote) also refuses anything but
+    numeric arrays and well-formed sparse matrices, with :class:`Malformed`."""
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as npz:
+        if strict:
+            _validate(npz)
         meta = json.loads(str(npz["__meta__"]))
         outputs: dict[str, Any] = {
             k.removeprefix("out__"): npz[k] for k in npz.files if k.startswith("out__")
@@ -91,8 +110,16 @@ def load(path: Path) -> Baseline | None:
         for name in sparse_names:
             data, idx, ptr, shape = (npz[f"csr__{p}__{name}"] for p in _SPARSE)
             outputs[name] = sp.csr_matrix((data, idx, ptr), shape=tuple(int(s) for s in shape))
+            if strict:
+                outputs[name].check_format(full_check=True)
     digest = meta.pop("output_hash", None) or meta.pop("weights_hash", "")
-    return Baseline(output_hash=digest, outputs=outputs, meta=meta, work=meta.pop("work", {}))
+    work = meta.pop("work", {})
+    if strict and not (
+        isinstance(work, dict)
+        and all(isinstance(k, str) and isinstance(v, int | float) for k, v in work.items())
+    ):
+        raise Malformed("work counters are not a mapping of names to numbers")
+    return Baseline(output_hash=digest, outputs=outputs, meta=meta, work=work)
 
 
 Compare = Callable[[Any, Mapping[str, Any]], tuple[dict, bool]]

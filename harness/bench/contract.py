@@ -19,6 +19,7 @@ phase-tagged series.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -64,36 +65,74 @@ class WorkCounter:
     """Work done during a run, observed by hooks the method's read-only code installs.
 
     ``watch_optimizers()`` counts every ``torch.optim`` step (a global post-step hook) and
-    accumulates the learning rates the optimizers actually used; ``watch_forward(module)``
-    counts training-mode forward calls and the samples they saw; ``watch_modules(module,
-    cls)`` counts active calls of submodules of a type (e.g. dropout in training mode). Hooks
-    are removed by :meth:`close` (the harness calls it after the run).
+    accumulates the learning rates the optimizers actually used; ``watch_gradients(module)``
+    counts the gradients accumulated into ``module``'s trainable parameters (a backward pass
+    skipped while ``step()`` is still called shows here); ``watch_parameters(module)`` counts,
+    at :meth:`close`, the trainable parameter tensors whose values moved (a frozen one shows);
+    ``watch_forward(module)`` counts training-mode forward calls, the samples and the elements
+    (tokens) they saw; ``watch_modules(module, cls)`` counts active calls of submodules of a
+    type (e.g. dropout in training mode); ``watch_calls(obj, attr)`` counts the calls of a
+    read-only function (e.g. one Monte-Carlo draw). Hooks are removed by :meth:`close`.
+
+    Only these hooks can count: a count booked from anywhere else (editable code that reached
+    the counter) is refused and marks the counter ``tampered``, and the harness then refuses the
+    run. Editable code is handed :meth:`RunContext.view`, which has no counter at all.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[str, float] = {}
+        self._counts: dict[str, float] = {}
         self._handles: list[Any] = []
+        self._moved: list[tuple[str, list[Any], list[Any]]] = []
+        self.tampered = ""
 
-    def add(self, name: str, amount: float = 1) -> None:
-        self.counts[name] = self.counts.get(name, 0) + amount
+    @property
+    def counts(self) -> dict[str, float]:
+        """A copy of the counts (read-only to whoever holds it)."""
+        return dict(self._counts)
+
+    def _add(self, name: str, amount: float = 1) -> None:
+        caller = sys._getframe(1).f_code
+        if caller not in _COUNTING_CODE:
+            where = f"{caller.co_filename}:{caller.co_firstlineno} ({caller.co_name})"
+            self.tampered = self.tampered or f"work counter {name!r} booked from {where}"
+            return
+        self._counts[name] = self._counts.get(name, 0) + amount
 
     def watch_optimizers(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-            self.add("optimizer_steps")
+            self._add("optimizer_steps")
             lrs = [float(g.get("lr", 0.0)) for g in optimizer.param_groups]
-            self.add("lr_sum", sum(lrs))
+            self._add("lr_sum", sum(lrs))
 
         self._handles.append(register_optimizer_step_post_hook(hook))
 
+    def watch_gradients(self, module: Any, name: str = "grad_accumulations") -> None:
+        """Count every gradient accumulated into a trainable parameter of ``module``."""
+
+        def hook(param: Any) -> None:
+            self._add(name)
+
+        for p in module.parameters():
+            if p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(hook))
+
+    def watch_parameters(self, module: Any, name: str = "params_moved") -> None:
+        """At :meth:`close`: ``name`` = the parameter tensors of ``module`` whose values changed
+        (a frozen trainable one shows), and ``<name>_of`` = how many were watched."""
+        params = list(module.parameters())
+        self._moved.append((name, params, [p.detach().clone() for p in params]))
+
     def watch_forward(self, module: Any, name: str = "samples") -> None:
-        """Count training-mode forward calls of ``module`` and the rows of their first input."""
+        """Count training-mode forward calls of ``module``, the rows of their first input and
+        its elements (``<name>_elements``: tokens for a sequence model)."""
 
         def hook(mod: Any, args: tuple[Any, ...]) -> None:
             if mod.training and args and hasattr(args[0], "shape"):
-                self.add(f"{name}_forward_calls")
-                self.add(name, int(args[0].shape[0]))
+                self._add(f"{name}_forward_calls")
+                self._add(name, int(args[0].shape[0]))
+                self._add(f"{name}_elements", int(args[0].numel()))
 
         self._handles.append(module.register_forward_pre_hook(hook))
 
@@ -105,15 +144,75 @@ class WorkCounter:
 
                 def hook(mod: Any, args: tuple[Any, ...]) -> None:
                     if mod.training:
-                        self.add(name)
-                        self.add(f"{name}_p_sum", float(getattr(mod, "p", 0.0)))
+                        self._add(name)
+                        self._add(f"{name}_p_sum", float(getattr(mod, "p", 0.0)))
 
                 self._handles.append(sub.register_forward_pre_hook(hook))
+
+    def watch_calls(self, owner: Any, attr: str, name: str) -> None:
+        """Count the calls of ``owner.attr`` (a read-only function) and the rows of its first
+        array argument (``<name>_rows``) while watched."""
+        original = getattr(owner, attr)
+
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            self._add(name)
+            first = next((a for a in args if hasattr(a, "shape") and len(a.shape)), None)
+            if first is not None:
+                self._add(f"{name}_rows", int(first.shape[0]))
+            return original(*args, **kwargs)
+
+        setattr(owner, attr, hook)
+        self._handles.append(_Restore(owner, attr, original))
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for name, params, initial in self._moved:
+            moved = sum(
+                not bool((p.detach() == p0).all()) for p, p0 in zip(params, initial, strict=True)
+            )
+            self._add(name, moved)
+            self._add(f"{name}_of", len(params))
+        self._moved.clear()
+
+
+@dataclass
+class _Restore:
+    owner: Any
+    attr: str
+    original: Any
+
+    def remove(self) -> None:
+        setattr(self.owner, self.attr, self.original)
+
+
+def _counting_code() -> frozenset[Any]:
+    """The code objects allowed to count: the hooks defined in WorkCounter and its close()."""
+    codes = {WorkCounter.close.__code__}
+    for fn in vars(WorkCounter).values():
+        for const in getattr(getattr(fn, "__code__", None), "co_consts", ()):
+            if hasattr(const, "co_code") and const.co_name == "hook":
+                codes.add(const)
+    return frozenset(codes)
+
+
+_COUNTING_CODE = _counting_code()
+
+
+class TrainView:
+    """What editable training code sees of the run context: the step budget, the checkpoint,
+    ``mark``/``record`` and ``steps_left`` — never the work counters."""
+
+    __slots__ = ("checkpoint", "mark", "max_steps", "record", "steps_left", "warmup")
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.warmup = ctx.warmup
+        self.max_steps = ctx.max_steps
+        self.checkpoint = ctx.checkpoint
+        self.mark = ctx.mark
+        self.record = ctx.record
+        self.steps_left = ctx.steps_left
 
 
 class RunContext:
@@ -175,6 +274,10 @@ class RunContext:
     def steps_left(self, step: int) -> bool:
         """False once a step budget (the warm-up's) is used up."""
         return self.max_steps is None or step < self.max_steps
+
+    def view(self) -> TrainView:
+        """The part of this context editable code may be handed (no work counters)."""
+        return TrainView(self)
 
 
 @runtime_checkable

@@ -69,8 +69,12 @@ class Measurement:
     @property
     def deterministic(self) -> bool:
         """Bitwise: all timed runs (and, for ``repeat``, the warm-ups) hash the same."""
-        hashes = self.hashes + (self.warmup_hashes if self.timing == "repeat" else [])
+        hashes = self.hashes + [h for h in self.warmup_hashes if h != "-"]
         return len(set(hashes)) <= 1
+
+
+class Tampered(Exception):
+    """Read-only code or the work counters were interfered with during a run."""
 
 
 def _max_rss_mb() -> float:
@@ -81,6 +85,17 @@ def _max_rss_mb() -> float:
 def to_host(result: RunResult) -> RunResult:
     """The result with its outputs on the host (numpy / scipy CSR)."""
     result.outputs = {k: host(v) for k, v in result.outputs.items()}
+    return result
+
+
+def host_copy(result: RunResult) -> RunResult:
+    """The result with its outputs copied to fresh host arrays: nothing the method still holds
+    (a thread, a side stream, a buffer it reuses) can change them afterwards."""
+    outputs = {}
+    for name, value in result.outputs.items():
+        value = host(value)
+        outputs[name] = value.copy() if hasattr(value, "copy") else np.array(value)
+    result.outputs = outputs
     return result
 
 
@@ -97,14 +112,16 @@ def timed_call(
     try:
         out = run(ctx)
         runtime.synchronize()
+        result = host_copy(as_result(out))  # inside the timer: see host_copy
         seconds = time.perf_counter() - t0 - ctx.checkpoint.seconds
         cpu = time.process_time() - c0
     finally:
         ctx.work.close()
-    result = as_result(out)
-    result.work = dict(ctx.work.counts)
+    if ctx.work.tampered:
+        raise Tampered(ctx.work.tampered)
+    result.work = ctx.work.counts
     result.series = [*ctx.series, *result.series]
-    return seconds, cpu, to_host(result)
+    return seconds, cpu, result
 
 
 def peak_memory_mb(runtime: Runtime) -> float:
@@ -131,8 +148,12 @@ def measure(
     reporter: Reporter,
     checkpoint: Any = None,
     listener: Callable[[str, int, float], None] | None = None,
+    warm_run: Callable[[RunContext], Any] | None = None,
+    warm_done: Callable[[], None] = lambda: None,
 ) -> Measurement:
-    """Run the protocol of ``timing`` (module doc); every run is hashed."""
+    """Run the protocol of ``timing`` (module doc); every run is hashed. ``warm_run``: the
+    warm-ups run on an input of their own (then ``warm_done`` releases it), so nothing the
+    warm-up leaves behind — a cache keyed on the input — serves the timed runs."""
     m = Measurement(timing=timing)
     # objects alive now (modules, data, prepared state) leave the collector's view for good,
     # so the collection before each run (and the next benchmark's in the same process, as in
@@ -146,11 +167,15 @@ def measure(
         for i in range(n_warm):
             steps = warmup_steps if timing == "train" else None
             ctx = RunContext(warmup=True, max_steps=steps, synchronize=sync)
-            seconds, _, res = timed_call(run, runtime, ctx)
+            seconds, _, res = timed_call(warm_run or run, runtime, ctx)
             m.warmup_s.append(seconds)
-            # a trainer's warm-up trains a few steps: its outputs are not the task's
-            m.warmup_hashes.append(digest(res.outputs) if timing == "repeat" else "-")
+            # a trainer's warm-up trains a few steps, a drawn input is another input: neither
+            # output is the task's
+            m.warmup_hashes.append(
+                digest(res.outputs) if timing == "repeat" and warm_run is None else "-"
+            )
             reporter.run_done("warmup", i + 1, n_warm, seconds, m.warmup_hashes[-1])
+        warm_done()
         reset_peak_memory(runtime)
         for i in range(n_timed):
             ctx = RunContext(checkpoint=checkpoint, synchronize=sync, listener=listener)

@@ -23,7 +23,8 @@ from harness.bench.checkpoint import Checkpoint, CheckpointFile
 from harness.bench.contract import RunResult, check_method
 from harness.bench.fingerprint import code_version, environment_key, fingerprint
 from harness.bench.hashing import output_hash, parity_hash, select
-from harness.bench.protocol import Measurement, measure
+from harness.bench.protocol import Measurement, Tampered, measure
+from harness.bench.seal import Seal, project_root
 from harness.config import validate
 from harness.config.schema import Config
 from harness.config.taskkey import task_params
@@ -43,6 +44,9 @@ class Outcome:
     error: str = ""
     mlflow_run_id: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+
+
+WARMUP_SEED_OFFSET = 1_000_003  # the warm-up's input: dataset seed + this
 
 
 class Benchmark:
@@ -148,8 +152,14 @@ class Benchmark:
     def execute(self, data: Any = None) -> Outcome:
         """Load → prepare → protocol → hash → verdict. Writes no row or MLflow run (only a
         trainer's checkpoint, and the baseline when there is none and bench.baseline allows)."""
-        method, data, state = self.setup(data)
         bench = self.top.bench
+        seal = Seal.for_files(project_root(), self.method_cfg.readonly)  # before method code
+        warm: dict[str, Any] = {}
+        warm_cfg = self.warmup_input() if data is None else None
+        if warm_cfg is not None:
+            self.reporter.info(f"warm-up on an input of its own (dataset seed {warm_cfg.seed})")
+            warm["method"], _, warm["state"] = self.setup(self.load(warm_cfg))
+        method, data, state = self.setup(data, method=warm.get("method"))
         listener = None
         if self.top.tracking.mlflow and self.spec.TIMING == "train":
             from harness.sinks import record
@@ -167,8 +177,21 @@ class Benchmark:
             self.reporter,
             checkpoint=self.checkpoint(),
             listener=listener,
+            warm_run=(lambda ctx: method.run(warm["state"], ctx)) if warm else None,
+            warm_done=warm.clear,
         )
+        problems = seal.problems()
+        if problems:
+            raise Tampered("read-only code changed during the run: " + "; ".join(problems[:3]))
         return self.conclude(method, data, m)
+
+    def warmup_input(self) -> Any:
+        """The dataset config of the warm-up's own input (a dataset that can draw one: another
+        seed), or None (the warm-up then runs on the benchmark input)."""
+        if not self.top.bench.warmup_own_input:
+            return None
+        seed = getattr(self.dataset_cfg, "seed", None)
+        return None if seed is None else self.dataset_cfg.draw(int(seed) + WARMUP_SEED_OFFSET)
 
     def conclude(self, method: Any, data: Any, m: Measurement) -> Outcome:
         """Quality metrics, optional output file, parity hash and verdict of a measurement."""

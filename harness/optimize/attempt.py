@@ -6,8 +6,10 @@ command line:
 2. correctness, before any timing counts: the candidate on the benchmark input against the
    loop's baseline, and on the held-out check input against its baseline;
 3. timing and correctness together: worker pairs (a fresh candidate worker, a kept-commit
-   worker), each round on a FRESH input (a dataset seed drawn now, prepared untimed in both),
-   timed from outside in alternating order, and the candidate's outputs must agree with the
+   worker), each round on a FRESH input (a dataset seed drawn now, loaded untimed in both;
+   ``prepare`` and the run both timed from outside, in alternating order — prepare runs
+   editable code that sees the input), and the candidate's outputs, read and hashed here from
+   the raw file its worker wrote, must agree with the
    kept commit's on that input (exact or close, work counters equal) — so a cache, a memo
    keyed on the input, or a function that is right only on its first calls cannot pass;
 4. the sequential rule (:mod:`harness.optimize.decide`) decides keep / discard;
@@ -33,7 +35,7 @@ from harness.optimize import gitops, surface
 from harness.optimize.decide import Decision, Rule
 from harness.optimize.pairs import Session, describe_pairs, fresh_draw, run_pairs
 from harness.optimize.state import LoopState
-from harness.optimize.workers import Launch, PairLog, Worker, WorkerFailed
+from harness.optimize.workers import Launch, PairLog, Timing, Worker, WorkerFailed
 
 SEVERITY = {"exact": 0, "close": 1, "none": 2, "wrong": 3}
 MALLOC_ENV = (
@@ -116,6 +118,14 @@ def tuned_override(repo: Any, commit: str, frozen: dict[str, Any]) -> list[str]:
     return [f"+tuned/{frozen['method']}={frozen['hardware']}"]
 
 
+def prepared_run(worker: Any) -> Timing:
+    """Prepare the loaded input and run it, both timed from outside: ``prepare`` runs editable
+    code that sees the input, so it is part of what is measured."""
+    a = worker.timed("prepare")
+    b = worker.timed("time")
+    return Timing(wall=a.wall + b.wall, cpu=a.cpu + b.cpu, reported=a.reported + b.reported)
+
+
 class Attempt:
     """Judge the committed HEAD of a loop branch against the state's last kept commit."""
 
@@ -155,7 +165,9 @@ class Attempt:
     # ---- static checks (no candidate code runs) ----------------------------------------
     def check_static(self) -> None:
         frozen = self.frozen
-        files = gitops.changed_files(self.repo, self.state.kept, self.head)
+        # from the loop's base, not the last kept commit: a commit kept by anything but this
+        # judge (a first hop that never reached it) cannot smuggle a change in
+        files = gitops.changed_files(self.repo, self.state.base, self.head)
         tuned = frozen.get("tuned_file")
         outside = surface.outside_surface(files, frozen["editable"], tuned)
         if outside:
@@ -175,7 +187,12 @@ class Attempt:
             if text is None:
                 continue
             try:
-                bad = surface.import_violations(text, frozen["declared_imports"])
+                bad = surface.import_violations(
+                    text,
+                    frozen["declared_imports"],
+                    surface.editable_modules(frozen["editable"]),
+                    path,
+                )
             except SyntaxError as exc:
                 raise Rejected("rejected", f"{path}: does not parse ({exc.msg})") from None
             if bad:
@@ -227,10 +244,17 @@ class Attempt:
 
     # ---- correctness -------------------------------------------------------------------
     def _saved(self, worker: Worker, name: str) -> baselines.Baseline:
+        """The worker's raw outputs, read here (no pickles, numeric arrays only) and hashed
+        here: nothing the worker says about its outputs is believed."""
         path = self.scratch / f"{name}.npz"
         worker.request("save", path=str(path))
-        loaded = baselines.load(path)
-        assert loaded is not None
+        try:
+            loaded = baselines.load(path, strict=True)
+            if loaded is None:
+                raise baselines.Malformed("no outputs file written")
+            loaded.output_hash = self.bench.digest(loaded.outputs)
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise Rejected("rejected", f"outputs file {path.name} refused ({exc})") from None
         return loaded
 
     def _judge(self, got: baselines.Baseline, reference: baselines.Baseline, where: str) -> None:
@@ -259,9 +283,9 @@ class Attempt:
         self.candidate_outputs = RunResult(outputs=got.outputs, work=got.work)
         self.details["output_hash"] = got.output_hash
         t0 = time.monotonic()
-        cand.request("input", fields=self.frozen["check_fields"])
+        cand.request("input", fields=self.frozen["check_fields"], prepare=False)
         self.session.inputs_s += time.monotonic() - t0
-        cand.request("time")
+        prepared_run(cand)
         check = baselines.load(self.state.check_path)
         assert check is not None
         self._judge(self._saved(cand, "check"), check, "held-out check input")
@@ -273,26 +297,26 @@ class Attempt:
         if self.loop.warm_round:  # untimed, on an input of its own: both sides equally warm
             fields = fresh_fields(self.valid.dataset, fresh_draw())
             t0 = time.monotonic()
-            _as_kept(kept.request, "input", fields=fields)
-            cand.request("input", fields=fields)
-            _as_kept(kept.timed)
-            cand.timed()
+            _as_kept(kept.request, "input", fields=fields, prepare=False)
+            cand.request("input", fields=fields, prepare=False)
+            _as_kept(prepared_run, kept)
+            prepared_run(cand)
             session.startup_s += time.monotonic() - t0
         for r in range(self.loop.rounds):
             draw = fresh_draw()
             self.details["draws"].append(draw)
             fields = fresh_fields(self.valid.dataset, draw)
             t0 = time.monotonic()
-            _as_kept(kept.request, "input", fields=fields)
-            cand.request("input", fields=fields)
+            _as_kept(kept.request, "input", fields=fields, prepare=False)
+            cand.request("input", fields=fields, prepare=False)
             session.inputs_s += time.monotonic() - t0
             t0 = time.monotonic()
             if (p + r) % 2 == 0:
-                log.kept.append(_as_kept(kept.timed))
-                log.candidate.append(cand.timed())
+                log.kept.append(_as_kept(prepared_run, kept))
+                log.candidate.append(prepared_run(cand))
             else:
-                log.candidate.append(cand.timed())
-                log.kept.append(_as_kept(kept.timed))
+                log.candidate.append(prepared_run(cand))
+                log.kept.append(_as_kept(prepared_run, kept))
             session.runs_s += time.monotonic() - t0
             ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
             self._judge(
@@ -337,7 +361,7 @@ class Attempt:
                 f"and stays at HEAD; logs in {self.dir}"
             ) from None
         except WorkerFailed as exc:
-            status = "timeout" if exc.status == "timeout" else "crash"
+            status = {"timeout": "timeout", "tampered": "rejected"}.get(exc.status, "crash")
             self.reason = f"{exc.status}: {exc}; log in {self.dir.name}/"
         self.details.update(describe_pairs(self.session, self.clock))
         if status in ("keep", "keep-neutral") and self.neutral and self.verdict != "exact":

@@ -38,15 +38,36 @@ def _overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return revs, overrides
 
 
+def _digest_of(worker: Any, path: Path, digest: Any) -> str:
+    """The hash of a worker's last outputs, computed here from the raw file it wrote."""
+    from harness.bench import baseline
+
+    worker.request("save", path=str(path))
+    loaded = baseline.load(path, strict=True)
+    return digest(loaded.outputs) if loaded is not None else "MISSING"
+
+
 def run(argv: list[str]) -> int:
+    from harness.bench.hashing import output_hash, select
     from harness.config.compose import compose_checked
     from harness.optimize import gitops
-    from harness.optimize.attempt import clock_for, fresh_fields, launch_for, rule_for
-    from harness.optimize.pairs import Session, fresh_draw, run_pairs, timed_round
+    from harness.optimize.attempt import (
+        clock_for,
+        fresh_fields,
+        launch_for,
+        prepared_run,
+        rule_for,
+    )
+    from harness.optimize.pairs import Session, fresh_draw, run_pairs
     from harness.optimize.workers import PairLog, Worker, WorkerFailed
 
     revs, overrides = _overrides(argv)
     cfg, valid = compose_checked(overrides)
+
+    def digest(outputs: dict[str, Any]) -> str:  # computed here, never taken from a worker
+        names = select(outputs, valid.method.hashed_outputs)
+        return output_hash(outputs, valid.top.bench.hash_decimals, names)
+
     repo = gitops.repo_at(Path.cwd())
     shas = []
     for rev in revs:
@@ -86,32 +107,39 @@ def run(argv: list[str]) -> int:
     def play(p: int, a: Worker, b: Worker, session: Session) -> PairLog:
         log = PairLog()
         fresh = a.protocol >= 2 and b.protocol >= 2 and valid.dataset.draw(1) is not None
+        split = fresh and a.protocol >= 3 and b.protocol >= 3  # prepare timed too (the loop's)
+        load = {"prepare": False} if split else {}
+
+        def timed(w: Worker) -> Any:
+            return prepared_run(w) if split else w.timed("time" if fresh else "run")
+
         if cmp.warm_round:  # untimed, on an input of its own: a fresh worker's first run is slow
             t0 = time.monotonic()
             if fresh:
                 fields = fresh_fields(valid.dataset, fresh_draw())
                 for w in (a, b):
-                    w.request("input", fields=fields)
+                    w.request("input", fields=fields, **load)
             for w in (a, b):
-                w.timed("time" if fresh else "run")
+                timed(w)
             session.startup_s += time.monotonic() - t0
         for r in range(cmp.rounds):
             if fresh:
                 fields = fresh_fields(valid.dataset, fresh_draw())
                 t0 = time.monotonic()
                 for w in (a, b):
-                    w.request("input", fields=fields)
+                    w.request("input", fields=fields, **load)
                 session.inputs_s += time.monotonic() - t0
-            op = "time" if fresh else "run"
             a_first = (p + r) % 2 == 0
-            x, y = timed_round(a, b, op, session) if a_first else timed_round(b, a, op, session)
+            t0 = time.monotonic()
+            first, second = (a, b) if a_first else (b, a)
+            x, y = timed(first), timed(second)
+            session.runs_s += time.monotonic() - t0
             log.kept.append(x if a_first else y)
             log.candidate.append(y if a_first else x)
             if fresh:
-                paths = [scratch / f"{s}.npz" for s in "ab"]
                 digests = [
-                    w.request("save", path=str(q))["hash"]
-                    for w, q in zip((a, b), paths, strict=True)
+                    _digest_of(w, scratch / f"{side}.npz", digest)
+                    for w, side in zip((a, b), "ab", strict=True)
                 ]
                 agreement["rounds"] += 1
                 agreement["same"] += digests[0] == digests[1]

@@ -150,13 +150,13 @@ class KeeperClient:
                 if attempt:
                     raise
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "harness.optimize.keeper",
-                str(self.path),
-                json.dumps(spec),
-            ]
+            from harness.bench.seal import project_root
+            from harness.optimize.isolation import isolated_command
+
+            # the judge's own code, isolated: it times the kept side
+            cmd = isolated_command(
+                project_root(), "harness.optimize.keeper", [str(self.path), json.dumps(spec)]
+            )
             log = open(self.path.with_suffix(".log"), "a")  # noqa: SIM115 - the daemon's stderr
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, env=os.environ.copy())  # fmt: skip

@@ -14,7 +14,6 @@ the gate, and is refused (and the candidate with it).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -28,7 +27,6 @@ USAGE = (
     "usage: python -m harness.loop start tag=T [overrides...] | try -d DESCRIPTION [tag=T] "
     "[--neutral] | status [tag=T] [--measure]"
 )
-_JUDGE_ENV = "HARNESS_LOOP_JUDGE"
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
@@ -89,15 +87,27 @@ def start(tag: str, overrides: list[str]) -> None:
 
 # ---- try ------------------------------------------------------------------------------------
 def _as_judge(argv: list[str], judge_tree: Path) -> None:
-    """Re-execute this command from the judge's worktree (the start commit's code)."""
-    env = {**os.environ, "PYTHONPATH": str(judge_tree), _JUDGE_ENV: str(judge_tree)}
-    code = subprocess.call([sys.executable, "-m", "harness.optimize.loop", *argv], env=env)
+    """Re-execute this command from the judge's worktree (the start commit's code), isolated:
+    no module of the checkout it was started in can be imported (:mod:`.isolation`)."""
+    from harness.optimize.isolation import isolated_command
+
+    code = subprocess.call(isolated_command(judge_tree, "harness.optimize.loop", list(argv)))
     raise SystemExit(code)
 
 
-def try_head(
-    tag: str | None, description: str, rest: list[str], neutral: bool = False, argv: list[str] = ()
-) -> str:
+def _as_judged(state: Any, argv: list[str]) -> None:
+    """Go on only as the judge: in the start commit's worktree, isolated, that worktree intact."""
+    from harness.optimize.isolation import require_tree, verify_checkout
+
+    judge_tree = Path(state.frozen["judge_tree"]).resolve()
+    here = Path(__file__).resolve().parents[2]
+    if here != judge_tree:
+        _as_judge(list(argv), judge_tree)
+    require_tree(judge_tree)
+    verify_checkout(judge_tree, state.base)
+
+
+def try_head(tag: str | None, description: str, rest: list[str], neutral: bool = False) -> str:
     """Judge the committed HEAD; returns the status."""
     from harness.optimize import gitops
     from harness.optimize.state import LoopState
@@ -105,13 +115,14 @@ def try_head(
     repo = _repo()
     tag = tag or _tag_from_branch(repo)
     state = LoopState.load(gitops.git_dir(repo), tag)
-    judge_tree = Path(state.frozen["judge_tree"])
-    here = Path(__file__).resolve().parents[2]
-    if argv and here != judge_tree.resolve() and os.environ.get(_JUDGE_ENV) != str(judge_tree):
-        _as_judge(list(argv), judge_tree)
+    _as_judged(
+        state,
+        ["try", "-d", description, f"tag={tag}", *(["--neutral"] if neutral else []), *rest],
+    )
     if repo.head.is_detached or repo.active_branch.name != state.branch:
         raise UserError(f"loop try: check out {state.branch} first")
     gitops.require_clean(repo)
+    _audit_kept(repo, state)
     head = repo.head.commit.hexsha
     if head == state.kept:
         raise UserError("loop try: HEAD is the last kept commit; commit your change first")
@@ -134,6 +145,23 @@ def try_head(
         line += f" [slow try: {attempt.session.breakdown()}]"
     print(line, flush=True)
     return status
+
+
+def _audit_kept(repo: Any, state: Any) -> None:
+    """The last kept commit differs from the base in editable files only: a 'keep' that this
+    judge did not make (a candidate's own entry point, an edited state file) is refused."""
+    from harness.optimize import gitops, surface
+
+    files = gitops.changed_files(repo, state.base, state.kept)
+    outside = surface.outside_surface(
+        files, state.frozen["editable"], state.frozen.get("tuned_file")
+    )
+    if outside:
+        raise UserError(
+            f"loop try: the last kept commit {state.kept[:12]} changes files outside the "
+            f"editable surface ({', '.join(outside[:3])}): this loop's judge did not keep it; "
+            "start a new loop from a commit you trust"
+        )
 
 
 def _refuse(repo: Any, state: Any, description: str, rest: list[str]) -> None:
@@ -164,6 +192,7 @@ def status(tag: str | None, measure: bool = False) -> None:
     repo = _repo()
     tag = tag or _tag_from_branch(repo)
     state = LoopState.load(gitops.git_dir(repo), tag)
+    _as_judged(state, ["status", f"tag={tag}", *(["--measure"] if measure else [])])
     print(f"loop {tag}  branch {state.branch}  base {state.base[:12]}  kept {state.kept[:12]}")
     print(
         f"{'#':>3}  {'status':12} {'commit':9} {'verdict':8} {'gain [interval]':>26} {'pairs':>5} "
@@ -201,9 +230,7 @@ def run(argv: list[str]) -> None:
     if command == "start":
         start(opts.get("tag", ""), rest)
     elif command == "try":
-        try_head(
-            opts.get("tag"), opts.get("description", ""), rest, opts.get("neutral", False), argv
-        )
+        try_head(opts.get("tag"), opts.get("description", ""), rest, opts.get("neutral", False))
     else:
         if rest:
             raise UserError(f"loop status: unknown arguments {rest}; {USAGE}")

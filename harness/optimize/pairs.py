@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.optimize.decide import Decision, Rule, decide
-from harness.optimize.workers import PairLog, Timing, Worker
+from harness.optimize.workers import PairLog, Worker
 
 Start = Callable[[int], Worker]
 Release = Callable[[Worker], None]
@@ -52,15 +52,6 @@ class Session:
 def fresh_draw() -> int:
     """A dataset seed no run has seen (drawn from the OS's entropy, never repeated in practice)."""
     return random.SystemRandom().randrange(1, 2**31 - 1)
-
-
-def timed_round(first: Worker, second: Worker, op: str, session: Session) -> tuple[Timing, Timing]:
-    """Time ``first`` then ``second`` (one request each), measured from outside."""
-    t0 = time.monotonic()
-    a = first.timed(op)
-    b = second.timed(op)
-    session.runs_s += time.monotonic() - t0
-    return a, b
 
 
 def run_pairs(

@@ -13,10 +13,20 @@ Requests (v1, kept for ``harness.compare`` inside old commits):
 Requests (v2, the optimization loop's judge):
   ``{"op": "input", "fields": {...}}``  load the dataset with these fields replaced (a fresh
                         seed, a check size), validate, prepare — untimed
-  ``{"op": "time"}``    one run of the current input, replied to as soon as it ends (and the
-                        device is synchronised): the caller times the round trip itself
-  ``{"op": "save", "path": p}``  hash the last run's outputs, write them with the work counters
-                        to ``p`` (the baseline format), collect garbage; reply: hash, work
+  ``{"op": "time"}``    one run of the current input, its outputs copied to the host, replied
+                        to as soon as that ends (the device synchronised): the caller times
+                        the round trip itself
+  ``{"op": "save", "path": p}``  write the last run's raw outputs with the work counters to
+                        ``p`` (npz, nothing that executes on load), collect garbage; reply: hash
+                        (for information: the judge computes its own from the file), work
+Requests (v3):
+  ``{"op": "input", "fields": {...}, "prepare": false}``  load and validate only: the caller
+                        then sends ``{"op": "prepare"}`` and times it like ``time``, so editable
+                        code that ``prepare`` calls cannot do the run's work untimed
+
+A worker refuses to report (``{"event": "error", "kind": "tampered"}``) when its read-only code
+or torch's hooked entry points no longer match what they were (:mod:`harness.bench.seal`), or
+when a work count was booked from outside the counters' hooks.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 def _send(payload: dict[str, Any]) -> None:
@@ -45,11 +55,14 @@ class Server:
         from harness.bench.contract import RunContext
         from harness.bench.protocol import Measurement, reset_peak_memory, timed_call
         from harness.bench.runner import Benchmark
+        from harness.bench.seal import Seal, project_root
         from harness.config.compose import compose_checked
         from harness.sinks.console import Reporter
 
         cfg, valid = compose_checked(overrides)
         self.bench = Benchmark(cfg, valid, overrides, Reporter(stream=sys.stderr, rich=False))
+        # before the method (and its editable modules) is imported: see harness.bench.seal
+        self.seal = Seal.for_files(project_root(), valid.method.readonly)
         self.method, self.data, self.state = self.bench.setup()
         self.timing, self.rt = self.bench.spec.TIMING, self.bench.runtime
         self.m = Measurement(timing=self.timing)
@@ -97,7 +110,7 @@ class Server:
         }
 
     # ---- v2 ----------------------------------------------------------------------------
-    def input(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def input(self, fields: dict[str, Any], prepare: bool = True) -> dict[str, Any]:
         from harness.config.schema import check_ranges
 
         t0 = time.perf_counter()
@@ -106,33 +119,61 @@ class Server:
         self.state = None
         self.data = None
         gc.collect()
+        if not prepare:
+            self.data = self.bench.load(cfg)
+            self.method.check_inputs(self.data)
+            return {"event": "input", "load_s": time.perf_counter() - t0}
         self.method, self.data, self.state = self.bench.setup(
             self.bench.load(cfg), method=self.method
         )
         gc.collect()
         return {"event": "input", "prepare_s": time.perf_counter() - t0}
 
+    def prepare(self) -> dict[str, Any]:
+        """Prepare the loaded input (the caller times this request from outside)."""
+        if self.data is None:
+            raise RuntimeError("prepare before input")
+        self.rt.synchronize()
+        t0 = time.perf_counter()
+        self.state = self.method.prepare(self.data)
+        self.rt.synchronize()
+        self._refuse_if_tampered(None)
+        return {"event": "prepared", "elapsed": time.perf_counter() - t0}
+
     def time(self) -> dict[str, Any]:
+        from harness.bench.contract import as_result
+        from harness.bench.protocol import host_copy
+
         ctx = self._context(synchronize=self.rt.synchronize)
         self.rt.synchronize()
         t0 = time.perf_counter()
         try:
             out = self._run(ctx)
             self.rt.synchronize()
+            # copied to the host inside the timed region: nothing that outlives the run (a
+            # thread, a side stream, a lazy array) can still finish the outputs afterwards
+            result = host_copy(as_result(out))
         finally:
             ctx.work.close()
         seconds = time.perf_counter() - t0
-        self.last = (out, ctx)
+        self._refuse_if_tampered(ctx.work)
+        result.work = ctx.work.counts
+        self.last = result
         return {"event": "timed", "elapsed": seconds}
+
+    def _refuse_if_tampered(self, work: Any) -> None:
+        problems = self.seal.problems()
+        if work is not None and work.tampered:
+            problems.insert(0, work.tampered)
+        if problems:
+            from harness.bench.protocol import Tampered
+
+            raise Tampered("; ".join(problems[:3]))
 
     def save(self, path: str) -> dict[str, Any]:
         from harness.bench import baseline
-        from harness.bench.contract import as_result
-        from harness.bench.protocol import to_host
 
-        out, ctx = self.last
-        result = to_host(as_result(out))
-        result.work = dict(ctx.work.counts)
+        result = self.last
         digest = self.bench.digest(result.outputs)
         baseline.save(Path(path), digest, result.outputs, {}, result.work)
         self.last = None
@@ -161,7 +202,10 @@ def serve(overrides: list[str]) -> None:
         elif op == "judge":
             _send(server.judge())
         elif op == "input":
-            _send(server.input(dict(request.get("fields", {}))))
+            fields = dict(request.get("fields", {}))
+            _send(server.input(fields, bool(request.get("prepare", True))))
+        elif op == "prepare":
+            _send(server.prepare())
         elif op == "time":
             _send(server.time())
         elif op == "save":
@@ -173,6 +217,7 @@ def serve(overrides: list[str]) -> None:
 
 
 def main() -> None:
+    from harness.bench.protocol import Tampered
     from harness.core.errors import UserError
 
     try:
@@ -180,6 +225,9 @@ def main() -> None:
     except UserError as exc:
         _send({"event": "error", "kind": "user", "message": str(exc)})
         sys.exit(2)
+    except Tampered as exc:
+        _send({"event": "error", "kind": "tampered", "message": f"tampered: {exc}"})
+        sys.exit(3)
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         _send({"event": "error", "kind": "crash", "message": f"{type(exc).__name__}: {exc}"})

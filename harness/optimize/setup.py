@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from harness.core.errors import UserError
 from harness.optimize import gitops
+from harness.optimize.isolation import isolated_command, write_launcher
 from harness.optimize.state import LoopState, sha256_file
 
 
@@ -108,12 +109,13 @@ def freeze(repo: Any, tag: str, branch: str, overrides: list[str]) -> None:
         }
         # the recorded baseline run, also from the start commit's worktree: a commit made while
         # start runs must not be what results.tsv and MLflow call the baseline
-        cmd = [sys.executable, "-m", "harness", *overrides, "bench.baseline=off"]
-        cmd += [
+        base_args = [*overrides, "bench.baseline=off"]
+        base_args += [
             f"paths.results={results}",
             f"paths.cache={(Path.cwd() / top.paths.cache).resolve()}",
         ]
-        cmd += ["run.status=baseline", f"run.tag={tag}", "run.description=loop baseline"]
+        base_args += ["run.status=baseline", f"run.tag={tag}", "run.description=loop baseline"]
+        cmd = isolated_command(judge_tree, "harness", base_args)
         if subprocess.run(cmd, cwd=judge_tree).returncode != 0:
             raise UserError("loop start: the baseline benchmark failed")
     except BaseException:
@@ -124,4 +126,9 @@ def freeze(repo: Any, tag: str, branch: str, overrides: list[str]) -> None:
             repo.git.worktree("remove", "--force", str(judge_tree))
         raise
     state.save(gitops.git_dir(repo))
-    print(f"loop {tag}: started; commit one change, then: python -m harness.loop try -d '...'")
+    launcher = write_launcher(state.dir / "judge", judge_tree, tag)
+    shown = os.path.relpath(launcher, Path.cwd())
+    print(
+        f"loop {tag}: started; commit one change, then: python {shown} try -d '...' "
+        "(the judge's own entry point; `python -m harness.loop try` re-executes into it too)"
+    )

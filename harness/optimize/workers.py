@@ -16,7 +16,6 @@ import json
 import os
 import selectors
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,8 @@ def cpu_ns(pid: int) -> int | None:
 
 
 class Worker:
-    """A ``harness.worker`` subprocess bound to one checkout (its working directory)."""
+    """A ``harness.worker`` subprocess bound to one checkout: run from it (its working
+    directory) and importing only its code (isolated mode, :mod:`.isolation`)."""
 
     def __init__(
         self,
@@ -74,10 +74,12 @@ class Worker:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
-        env = {**os.environ, "PYTHONPATH": str(checkout), **dict(launch.env)}
+        from harness.optimize.isolation import isolated_command
+
+        env = {**os.environ, **dict(launch.env)}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            launch.command([sys.executable, "-m", "harness.worker", *overrides]),
+            launch.command(isolated_command(checkout, "harness.worker", overrides)),
             cwd=checkout,
             env=env,
             stdin=subprocess.PIPE,

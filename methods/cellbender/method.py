@@ -178,11 +178,13 @@ class CellBender:
         ctx.work.watch_optimizers()
         ctx.work.watch_forward(model.encode_z, "train_droplets")
         ctx.work.watch_modules(model, torch.nn.Dropout, "dropout_calls")
+        ctx.work.watch_gradients(model)
+        ctx.work.watch_parameters(model)
         ctx.checkpoint.register(model=model, optimizer=optimizer, scheduler=scheduler)
         t0 = time.perf_counter()
         curve = train(
             model, optimizer, scheduler, state.staged, state.plan, state.test, c.epochs,
-            c.test_every, ctx, self._log,
+            c.test_every, ctx.view(), self._log,
         )  # fmt: skip
         t1 = time.perf_counter()
         n = state.analysed.size

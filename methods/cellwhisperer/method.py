@@ -131,11 +131,13 @@ class CellWhisperer:
         model = self.build(state)
         ctx.work.watch_optimizers()
         ctx.work.watch_forward(model.text_head, "train_pairs")
+        ctx.work.watch_gradients(model)
+        ctx.work.watch_parameters(model)
         plan = Plan(c.epochs, c.batch_size, c.lr, c.weight_decay, c.frozen_warmup, c.locking,
                     c.cache, c.seed)  # fmt: skip
         t0 = time.perf_counter()
         try:
-            stats = train(model, state.cell_tokens, state.text_ids, state.text_mask, plan, ctx,
+            stats = train(model, state.cell_tokens, state.text_ids, state.text_mask, plan, ctx.view(),
                           self.runtime.autocast_context, self._log)  # fmt: skip
         except FloatingPointError as exc:
             raise UserError(f"method {c.name}: {exc} (lower method.lr?)") from None

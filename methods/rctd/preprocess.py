@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from harness.api import UserError
-from methods.rctd.config import RCTDConfig
 
 MIN_GENES = 10
 _EPS = 1e-9
@@ -55,7 +55,7 @@ def select(
     shared_cols: torch.Tensor,
     profiles: torch.Tensor,
     not_mito: torch.Tensor,
-    cfg: RCTDConfig,
+    cfg: Any,  # the method's RCTDConfig (read-only: not imported by editable code)
 ) -> Selection:
     """Pixel filters and gene lists (module doc).
 
@@ -102,7 +102,7 @@ def select_sparse(
     shared_cols: np.ndarray,
     profiles: torch.Tensor,
     not_mito: torch.Tensor,
-    cfg: RCTDConfig,
+    cfg: Any,  # the method's RCTDConfig (read-only: not imported by editable code)
 ) -> Selection:
     """:func:`select` on a sparse (pixels, genes) CSR matrix: nUMI, the bulk and the
     ``counts_min`` sums come from the nonzeros (integer sums in float64: exact, so the same

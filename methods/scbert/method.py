@@ -133,12 +133,14 @@ class ScBERTMethod:
         model = self.build(state)
         ctx.work.watch_optimizers()
         ctx.work.watch_forward(model, "train_cells")
+        ctx.work.watch_gradients(model)
+        ctx.work.watch_parameters(model)
         plan = Plan(c.epochs_a, c.epochs_b, c.batch_size, c.lr, c.kl_weight, c.kl_warmup_epochs,
                     c.prune_step, c.prune_target, c.prune_epochs, c.prune_tolerance, c.seed)  # fmt: skip
         t0 = time.perf_counter()
         with self.runtime.autocast_context():
             log = train(model, state.x_train, state.y_train, state.x_val, state.y_val,
-                        len(state.classes), plan, ctx, self._log)  # fmt: skip
+                        len(state.classes), plan, ctx.view(), self._log)  # fmt: skip
         t1 = time.perf_counter()
         x_eval = state.x_eval[:16] if ctx.warmup else state.x_eval
         pred = mc_predict(model, x_eval, c.mc_samples, c.seed, naive=c.naive_mc)

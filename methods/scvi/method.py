@@ -252,15 +252,18 @@ class SCVI:
     def run(self, state: SCVIState, ctx: RunContext) -> RunResult:
         """Train (the editable ``train``), then evaluate with read-only code.
 
-        The work is counted here, by hooks the editable code cannot skip: optimizer steps and
-        the learning rates they used, training cells through the model's forward, active
-        dropout calls."""
+        The work is counted here, by hooks the editable code cannot skip (it is handed
+        ``ctx.view()``, without the counters): optimizer steps and the learning rates they
+        used, gradients accumulated into the parameters, parameter tensors that moved, training
+        cells through the model's forward, active dropout calls."""
         c, rt = self.cfg, self.runtime
         model = self.build(state)
         optimizer = make_optimizer(model, c.lr, c.adam_eps, c.weight_decay)
         ctx.work.watch_optimizers()
         ctx.work.watch_forward(model, "train_cells")
         ctx.work.watch_modules(model, torch.nn.Dropout, "dropout_calls")
+        ctx.work.watch_gradients(model)
+        ctx.work.watch_parameters(model)
         if isinstance(state.source, StreamSource):
             src = state.source
 
@@ -274,7 +277,7 @@ class SCVI:
 
         ctx.checkpoint.register(model=model, optimizer=optimizer)
         self.last = train(
-            model, optimizer, epochs, state.schedule, ctx, rt.autocast_context, self._log
+            model, optimizer, epochs, state.schedule, ctx.view(), rt.autocast_context, self._log
         )
         model.eval()
         params = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -12,3 +12,8 @@ def compute(x: np.ndarray, speed: int) -> np.ndarray:
         raise RuntimeError("planted crash")
     time.sleep(3600 if knobs.HANG else knobs.SLEEP_S * speed / 5)
     return x * 2.0 + knobs.OFFSET
+
+
+def stage(x: np.ndarray) -> np.ndarray:
+    """Called by ``prepare`` (untimed in a plain benchmark, timed by the loop's judge)."""
+    return x

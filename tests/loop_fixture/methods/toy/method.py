@@ -43,7 +43,7 @@ class Toy:
         pass
 
     def prepare(self, data: dict[str, Any]) -> np.ndarray:
-        return data["x"]
+        return fast.stage(data["x"])
 
     def run(self, x: np.ndarray, ctx: Any) -> dict[str, np.ndarray]:
         y = fast.compute(x, self.cfg.speed)

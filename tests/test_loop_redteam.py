@@ -1,0 +1,372 @@
+"""The judge's red team, through the real ``loop try`` in a real clone, run as a user runs it
+(working directory in the candidate checkout, the checkout first on the import path as an
+editable install puts it): every attack class of the judge's threat model ends ``rejected``
+or ``wrong`` (or, for work moved out of the timed region, not faster), branch reset, diff saved.
+
+The toy method (``repeat`` timing) carries the classes about the judge and the timed region;
+the toy trainer ``toyfit`` (``train`` timing, work counted by hooks) the classes about work.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from harness.sinks.results_tsv import read_rows
+from tests.loop_repo import TOY, LoopRepo
+
+FIT = [
+    "method=toyfit",
+    "dataset=cells/toyfit",
+    "hardware=cpu",
+    "bench.timeout_s=60",
+    "tracking.mlflow=false",
+    "loop.rounds=2",
+    "loop.min_pairs=2",
+    "loop.max_pairs=2",
+    "loop.pair_sd=0.01",
+    "loop.max_slowdown=0.25",
+]
+FAST = "methods/toy/fast.py"
+FITPY = "methods/toyfit/fit.py"
+
+
+def _started(root, tag: str, overrides: list[str]) -> LoopRepo:
+    repo = LoopRepo(root)
+    proc = repo.loop("start", f"tag={tag}", *overrides)
+    assert proc.returncode == 0, proc.stderr
+    return repo
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Iterator[LoopRepo]:
+    repo = _started(tmp_path_factory.mktemp("redtoy"), "r", TOY)
+    yield repo
+    from harness.optimize.keeper import shutdown
+
+    shutdown(repo.root / "results" / "loop" / "r" / "keeper.sock")
+
+
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory) -> Iterator[LoopRepo]:
+    repo = _started(tmp_path_factory.mktemp("redfit"), "f", FIT)
+    yield repo
+    from harness.optimize.keeper import shutdown
+
+    shutdown(repo.root / "results" / "loop" / "f" / "keeper.sock")
+
+
+def _state(repo: LoopRepo, tag: str) -> dict:
+    return json.loads((repo.root / "results" / "loop" / f"{tag}.json").read_text())
+
+
+def _judge(
+    repo: LoopRepo,
+    tag: str,
+    description: str,
+    launcher: bool = False,
+    statuses: tuple[str, ...] = ("discard", "rejected"),
+) -> dict:
+    """Try HEAD (``python -m harness.loop try``, or the loop's launcher); it must not be kept:
+    the branch is back at the kept commit and the diff saved. Returns the results row."""
+    kept = _state(repo, tag)["kept"]
+    head = repo.head()
+    if launcher:
+        judge = repo.root / "results" / "loop" / tag / "judge"
+        proc = subprocess.run(
+            [sys.executable, str(judge), "try", "-d", description],
+            cwd=repo.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    else:
+        proc = repo.loop("try", "-d", description)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    row = read_rows(repo.root / "results" / "results.tsv")[-1]
+    assert row["status"] in statuses, row
+    assert repo.head() == kept and _state(repo, tag)["kept"] == kept
+    saved = list((repo.root / "results" / "attempts" / tag).glob(f"*-{head[:8]}-*.patch"))
+    assert saved, "the diff was not saved"
+    return row
+
+
+def _edit(repo: LoopRepo, rel: str, old: str, new: str) -> None:
+    path = repo.root / rel
+    text = path.read_text()
+    assert old in text, (rel, old)
+    path.write_text(text.replace(old, new))
+    repo.git("add", rel)
+
+
+# ---- the judge's own code -------------------------------------------------------------------
+ALWAYS_KEEP = """
+
+_planted_decide = decide
+
+
+def decide(*args, **kwargs):
+    import dataclasses
+
+    return dataclasses.replace(_planted_decide(*args, **kwargs), action="keep", reason="planted")
+"""
+NO_CHECKS = """
+
+def outside_surface(*args, **kwargs):
+    return []
+
+
+def import_violations(*args, **kwargs):
+    return []
+"""
+
+
+def test_judge_edited_by_the_candidate_is_not_run(toy):
+    """An always-keep decide(), emptied surface/import checks and a loosened read-only check,
+    with a wrong output: the judge runs the start commit's code, sees the surface, rejects."""
+    (toy.root / "harness/optimize/decide.py").write_text(
+        (toy.root / "harness/optimize/decide.py").read_text() + ALWAYS_KEEP
+    )
+    (toy.root / "harness/optimize/surface.py").write_text(
+        (toy.root / "harness/optimize/surface.py").read_text() + NO_CHECKS
+    )
+    _edit(toy, "methods/toy/method.py", "err <= 1e-6", "err <= 1e6")
+    _edit(toy, "methods/toy/knobs.py", "OFFSET = 0.0", "OFFSET = 0.5")
+    toy.git("add", "-A")
+    toy.commit("always keep, no checks, loose tolerance")
+    row = _judge(toy, "r", "bend the judge")
+    assert row["status"] == "rejected" and "harness/optimize/decide.py" in row["description"]
+
+
+def test_first_hop_edited_is_caught_by_the_launcher_and_the_branch_audit(toy):
+    """A commit whose ``harness.loop`` entry claims a keep without judging: the launcher never
+    imports the checkout, and the judge audits the branch from its base."""
+    _edit(
+        toy,
+        "harness/optimize/loop.py",
+        "def main(argv: list[str] | None = None) -> int:\n",
+        "def main(argv: list[str] | None = None) -> int:\n"
+        "    print('KEEP (planted)')\n    return 0\n",
+    )
+    toy.commit("a loop entry that keeps everything")
+    bypass = toy.loop("try", "-d", "bypass")
+    assert "KEEP (planted)" in bypass.stdout  # the checkout's own entry point: its code
+    row = _judge(toy, "r", "first hop bypassed", launcher=True)
+    assert row["status"] == "rejected" and "harness/optimize/loop.py" in row["description"]
+
+
+def test_readonly_module_imported_by_editable_code_is_rejected(toy):
+    _edit(toy, FAST, "from methods.toy import knobs", "from methods.toy import knobs, method")
+    toy.commit("reach the evaluation")
+    row = _judge(toy, "r", "import the check")
+    assert row["status"] == "rejected" and "methods.toy.method (read-only" in row["description"]
+
+
+# ---- the candidate's process -----------------------------------------------------------------
+PATCH_COMPARE = """
+
+def _loosen():
+    import sys
+
+    toy = sys.modules["methods.toy.method"].Toy
+    toy.compare = lambda self, result, reference: ({"max_abs_err": 0.0}, True)
+
+
+_plain = compute
+
+
+def compute(x, speed):
+    _loosen()
+    return _plain(x, speed)
+"""
+FORGE_HASH = """
+
+import sys
+
+_hashing = sys.modules.get("harness.bench.hashing")
+if _hashing is not None:
+    _hashing.output_hash = lambda *args, **kwargs: "0" * 16
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("evaluation patched at run time", PATCH_COMPARE), ("hash forged", FORGE_HASH)],
+)
+def test_patching_readonly_code_in_the_worker_is_refused(toy, name, code):
+    _edit(toy, "methods/toy/knobs.py", "OFFSET = 0.0", "OFFSET = 0.5")  # and wrong, too
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + code)
+    toy.git("add", FAST)
+    toy.commit(name)
+    row = _judge(toy, "r", name)
+    assert row["status"] == "rejected" and "tampered" in row["description"], row
+
+
+THREAD_FILLS = """
+
+import threading
+
+_plain = compute
+
+
+def compute(x, speed):
+    out = np.zeros_like(x)
+
+    def finish():
+        time.sleep(0.2)
+        out[:] = x * 2.0 + knobs.OFFSET
+
+    threading.Thread(target=finish, daemon=True).start()
+    return out
+"""
+INPUT_ZEROED = """
+
+_plain = compute
+
+
+def compute(x, speed):
+    y = _plain(x, speed)
+    x[:] = 0.0  # the input, edited in place after use
+    return y
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("outputs finished by a thread after the run", THREAD_FILLS),
+        ("input edited in place", INPUT_ZEROED),
+    ],
+)
+def test_work_outside_the_run_or_on_the_input_is_wrong(toy, name, code):
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + code)
+    toy.git("add", FAST)
+    toy.commit(name)
+    row = _judge(toy, "r", name)
+    assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
+
+
+PREPARE_WORK = """
+
+class _Staged(np.ndarray):
+    done = None
+
+
+def stage(x):
+    staged = np.asarray(x).view(_Staged)
+    staged.done = _plain(x, 5)  # the run's work, in prepare
+    return staged
+
+
+_plain = compute
+
+
+def compute(x, speed):
+    return x.done if getattr(x, "done", None) is not None else _plain(x, speed)
+"""
+
+
+def test_work_moved_into_prepare_does_not_pay(toy):
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + PREPARE_WORK)
+    toy.git("add", FAST)
+    toy.commit("precompute in prepare")
+    row = _judge(toy, "r", "precompute in prepare")
+    assert (row["status"], row["verdict"]) == ("discard", "exact"), row
+    assert "gain" in row["description"]
+
+
+# ---- work counted where editable code cannot forge it ------------------------------------
+BOOK_WORK = """
+
+_plain = fit
+
+
+def fit(model, opt, state, epochs, batch_size, seed, sleep_s, ctx):
+    import sys
+
+    _plain(model, opt, state, epochs // 2, batch_size, seed, sleep_s, ctx)
+    work = sys._getframe(1).f_locals["ctx"].work  # the glue's context, reached by a frame
+    steps = (epochs - epochs // 2) * (state.x.shape[0] // batch_size)
+    work._add("optimizer_steps", steps)
+"""
+SKIP_BACKWARD = (
+    "            loss.backward()\n",
+    "            if step % 3 != 2:\n                loss.backward()\n",
+)
+FREEZE_BIAS = (
+    "    step = 0\n",
+    "    step = 0\n    model.bias.requires_grad_(False)\n",
+)
+NO_WORK_OBJECT = ("            step += 1\n", "            step += 1\n            ctx.work.counts\n")
+
+
+def test_work_booked_by_editable_code_is_refused(fit):
+    (fit.root / FITPY).write_text((fit.root / FITPY).read_text() + BOOK_WORK)
+    fit.git("add", FITPY)
+    fit.commit("half the epochs, the rest booked")
+    row = _judge(fit, "f", "book work")
+    assert row["status"] == "rejected" and "booked from" in row["description"], row
+
+
+def test_editable_code_gets_no_work_counter(fit):
+    _edit(fit, FITPY, *NO_WORK_OBJECT)
+    fit.commit("reach ctx.work")
+    _judge(fit, "f", "ctx.work", statuses=("crash",))
+    logs = (fit.root / "results" / "attempts" / "f").glob("*-candidate-*.log")
+    assert any("'TrainView' object has no attribute 'work'" in p.read_text() for p in logs)
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "counter"),
+    [
+        ("backward skipped, step() still called", SKIP_BACKWARD, "grad_accumulations"),
+        ("a trainable parameter frozen", FREEZE_BIAS, "params_moved"),
+    ],
+)
+def test_skipped_work_shows_in_the_counters(fit, name, edit, counter):
+    _edit(fit, FITPY, *edit)
+    fit.commit(name)
+    row = _judge(fit, "f", name)
+    assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
+    assert f"work_{counter}" in row["description"], row
+
+
+# ---- the plain benchmark ---------------------------------------------------------------------
+SEEN = """
+
+_plain = compute
+
+
+def compute(x, speed):
+    import pathlib
+
+    with pathlib.Path("seen.txt").open("a") as fh:
+        fh.write(f"{x[0]!r}\\n")
+    return _plain(x, speed)
+"""
+
+
+def test_plain_benchmark_warms_up_on_an_input_of_its_own(tmp_path):
+    """A memo or file cache the warm-up fills, keyed on the input, cannot serve the timed runs:
+    the warm-up sees another draw of the dataset."""
+    repo = LoopRepo(tmp_path)
+    (repo.root / FAST).write_text((repo.root / FAST).read_text() + SEEN)
+    env = {"PYTHONPATH": str(repo.root)}
+    cmd = [sys.executable, "-m", "harness", *TOY, "bench.warmup=1", "bench.repeats=2"]
+    proc = subprocess.run(
+        cmd, cwd=repo.root, capture_output=True, text=True, timeout=120, env={**_env(), **env}
+    )
+    assert proc.returncode == 0, proc.stderr
+    warm, *timed = (repo.root / "seen.txt").read_text().split()
+    assert len(timed) == 2 and timed[0] == timed[1] and warm != timed[0]
+    assert "warm-up on an input of its own" in proc.stdout + proc.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
