@@ -30,10 +30,13 @@ def _compare(repo: LoopRepo, a: str, b: str, *extra: str) -> subprocess.Complete
 def test_compare_flags_a_regression_only_one_way(repo):
     faster = _compare(repo, "HEAD~1", "HEAD")
     assert faster.returncode == 0, faster.stderr
-    assert "speed-up A→B: 1.6" in faster.stdout and "not slower" in faster.stdout
+    # sleep 0.05 -> 0.03 s per run: 1.67x, less the request overhead both sides pay
+    speed = re.search(r"speed-up A→B: ([0-9.]+)x", faster.stdout)
+    assert speed and 1.3 < float(speed[1]) < 1.8 and "not slower" in faster.stdout
     agree = re.search(r"identical on (\d+)/(\d+) fresh inputs", faster.stdout)
     assert agree and agree[1] == agree[2] and int(agree[1]) >= 6  # >= 2 pairs x 3 rounds
-    assert "B/A ratio per worker pair: 0.6" in faster.stdout
+    ratios = re.search(r"B/A ratio per worker pair: (.*)", faster.stdout)
+    assert ratios and all(0.55 < float(r) < 0.77 for r in ratios[1].split())
     slower = _compare(repo, "HEAD", "HEAD~1")
     assert slower.returncode == 1 and "REGRESSION" in slower.stdout
 

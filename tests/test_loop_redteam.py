@@ -370,3 +370,95 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+POISON = """
+
+import glob as _glob
+import importlib._bootstrap_external as _bx
+import importlib.util as _iu
+import os as _os
+
+_EDITS = {
+    "harness/optimize/attempt.py": (
+        "    def _judge(self, got: baselines.Baseline, reference: baselines.Baseline, where: str) -> None:\\n",
+        "    def _judge(self, got: baselines.Baseline, reference: baselines.Baseline, where: str) -> None:\\n        return\\n",
+    ),
+    "harness/optimize/decide.py": (
+        "def decide(pair_stats: list[float], rule: Rule, out_of_budget: bool = False) -> Decision:\\n",
+        "def decide(pair_stats: list[float], rule: Rule, out_of_budget: bool = False) -> Decision:\\n"
+        "    return Decision('keep', 0.5, 0.4, 0.6, len(pair_stats), 'planted')\\n",
+    ),
+}
+for _tree in _glob.glob(_os.path.join(_os.getcwd(), "results", "worktrees", "*")):
+    for _rel, (_old, _new) in _EDITS.items():
+        _src = _os.path.join(_tree, _rel)
+        _st = _os.stat(_src)
+        _code = compile(open(_src).read().replace(_old, _new), _src, "exec")
+        _pyc = _iu.cache_from_source(_src)
+        _os.makedirs(_os.path.dirname(_pyc), exist_ok=True)
+        with open(_pyc, "wb") as _fh:
+            _fh.write(_bx._code_to_timestamp_pyc(_code, int(_st.st_mtime), _st.st_size))
+"""
+
+
+def test_bytecode_planted_in_the_judges_worktree_is_never_loaded(toy):
+    """A candidate's worker writes .pyc files (source mtime and size: all Python checks) into
+    the judge's and the kept side's worktrees; the next, wrong commit is still judged wrong."""
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + POISON)
+    toy.git("add", FAST)
+    toy.commit("poison the judge's bytecode")
+    _judge(toy, "r", "poison", statuses=("discard",))
+    planted = list(
+        (toy.root / "results" / "worktrees").glob("*/harness/optimize/__pycache__/decide*.pyc")
+    )
+    assert planted, "the attack did not plant its bytecode"
+    _edit(toy, "methods/toy/knobs.py", "OFFSET = 0.0", "OFFSET = 0.5")
+    toy.commit("wrong, hoping for the poisoned judge")
+    row = _judge(toy, "r", "wrong after poisoning", launcher=True)
+    assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
+
+
+SPINNERS = """
+
+import os as _os
+import signal as _signal
+import subprocess as _subprocess
+import sys as _sys
+
+_SPIN = (
+    "import os, time\\n"
+    "end = time.time() + 25\\n"
+    "while time.time() < end and not os.path.exists('results/spin.stop'):\\n"
+    "    pass\\n"
+)
+_SPINNERS = []
+
+_plain = compute
+
+
+def compute(x, speed):
+    if not _SPINNERS:  # outside the worker's process group: not stopped with it
+        _SPINNERS.extend(
+            _subprocess.Popen([_sys.executable, "-c", _SPIN], start_new_session=True)
+            for _ in range(2)
+        )
+    for p in _SPINNERS:
+        _os.kill(p.pid, _signal.SIGSTOP)  # quiet while this side is timed ...
+    try:
+        return _plain(x, speed)
+    finally:
+        for p in _SPINNERS:
+            _os.kill(p.pid, _signal.SIGCONT)  # ... busy while the other side is
+"""
+
+
+def test_processes_left_to_slow_the_kept_side_are_refused(toy):
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + SPINNERS)
+    toy.git("add", FAST)
+    toy.commit("leave spinners running")
+    try:
+        row = _judge(toy, "r", "spinners")
+    finally:
+        (toy.root / "results" / "spin.stop").write_text("")
+    assert row["status"] == "rejected" and "interference" in row["description"], row

@@ -141,3 +141,23 @@ def test_patched_evaluation_or_hashing_breaks_the_seal(method):
     with _patched(hashing, "output_hash", lambda *a, **k: "0" * 16):
         assert any("hashing.output_hash" in p for p in seal.problems())
     assert seal.problems() == []
+
+
+def test_work_hooks_called_by_editable_code_are_refused(trainer):
+    """The hooks themselves, reached through torch's hook registries and called directly."""
+    name, ready, _ = trainer
+    glue = sys.modules[type(ready.method).__module__]
+    if not hasattr(glue, "train"):
+        glue = sys.modules[f"methods.{name}.train"]
+    train = glue.train
+
+    def calling(model: Any, *args: Any, **kwargs: Any) -> Any:
+        out = train(model, *args, **kwargs)
+        for p in model.parameters():
+            hooks = getattr(p, "_post_accumulate_grad_hooks", None) or {}
+            for hook in list(hooks.values()):
+                hook(p)
+        return out
+
+    with _patched(glue, "train", calling), pytest.raises(Tampered, match="called from"):
+        _run(ready)

@@ -19,6 +19,7 @@ phase-tagged series.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -71,12 +72,12 @@ class WorkCounter:
     at :meth:`close`, the trainable parameter tensors whose values moved (a frozen one shows);
     ``watch_forward(module)`` counts training-mode forward calls, the samples and the elements
     (tokens) they saw; ``watch_modules(module, cls)`` counts active calls of submodules of a
-    type (e.g. dropout in training mode); ``watch_calls(obj, attr)`` counts the calls of a
-    read-only function (e.g. one Monte-Carlo draw). Hooks are removed by :meth:`close`.
+    type (e.g. dropout in training mode). Hooks are removed by :meth:`close`.
 
-    Only these hooks can count: a count booked from anywhere else (editable code that reached
-    the counter) is refused and marks the counter ``tampered``, and the harness then refuses the
-    run. Editable code is handed :meth:`RunContext.view`, which has no counter at all.
+    Only these hooks can count, and only when torch calls them: a count booked from anywhere
+    else — editable code that reached the counter, or called a hook itself — is refused and
+    marks the counter ``tampered``, and the harness then refuses the run. Editable code is
+    handed :meth:`RunContext.view`, which has no counter at all.
     """
 
     def __init__(self) -> None:
@@ -91,10 +92,16 @@ class WorkCounter:
         return dict(self._counts)
 
     def _add(self, name: str, amount: float = 1) -> None:
-        caller = sys._getframe(1).f_code
-        if caller not in _COUNTING_CODE:
-            where = f"{caller.co_filename}:{caller.co_firstlineno} ({caller.co_name})"
+        frame = sys._getframe(1)
+        code = frame.f_code
+        if code not in _COUNTING_CODE:
+            where = f"{code.co_filename}:{code.co_firstlineno} ({code.co_name})"
             self.tampered = self.tampered or f"work counter {name!r} booked from {where}"
+            return
+        caller = frame.f_back  # a hook's caller: torch (or none: autograd's device threads)
+        if code is not _CLOSE_CODE and caller is not None and not _in_torch(caller.f_code):
+            where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+            self.tampered = self.tampered or f"work hook {name!r} called from {where}"
             return
         self._counts[name] = self._counts.get(name, 0) + amount
 
@@ -149,21 +156,6 @@ class WorkCounter:
 
                 self._handles.append(sub.register_forward_pre_hook(hook))
 
-    def watch_calls(self, owner: Any, attr: str, name: str) -> None:
-        """Count the calls of ``owner.attr`` (a read-only function) and the rows of its first
-        array argument (``<name>_rows``) while watched."""
-        original = getattr(owner, attr)
-
-        def hook(*args: Any, **kwargs: Any) -> Any:
-            self._add(name)
-            first = next((a for a in args if hasattr(a, "shape") and len(a.shape)), None)
-            if first is not None:
-                self._add(f"{name}_rows", int(first.shape[0]))
-            return original(*args, **kwargs)
-
-        setattr(owner, attr, hook)
-        self._handles.append(_Restore(owner, attr, original))
-
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -177,16 +169,6 @@ class WorkCounter:
         self._moved.clear()
 
 
-@dataclass
-class _Restore:
-    owner: Any
-    attr: str
-    original: Any
-
-    def remove(self) -> None:
-        setattr(self.owner, self.attr, self.original)
-
-
 def _counting_code() -> frozenset[Any]:
     """The code objects allowed to count: the hooks defined in WorkCounter and its close()."""
     codes = {WorkCounter.close.__code__}
@@ -198,6 +180,19 @@ def _counting_code() -> frozenset[Any]:
 
 
 _COUNTING_CODE = _counting_code()
+_CLOSE_CODE = WorkCounter.close.__code__
+
+
+def _in_torch(code: Any) -> bool:
+    torch = sys.modules.get("torch")
+    root = os.path.dirname(getattr(torch, "__file__", None) or "/nonexistent/")
+    return code.co_filename.startswith(root + os.sep)
+
+
+def _seal_invariants() -> list[str]:
+    """Checked by :class:`harness.bench.seal.Seal`: the counting code is this module's own."""
+    ok = _counting_code() == _COUNTING_CODE and _CLOSE_CODE is WorkCounter.close.__code__
+    return [] if ok else ["harness.bench.contract's counting code was replaced"]
 
 
 class TrainView:

@@ -17,6 +17,7 @@ backed by tolerances calibrated so that skipped work shows in the outputs.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import sys
@@ -55,15 +56,57 @@ def _compiled(path: Path) -> dict[str, str]:
 
 
 def _function(obj: Any) -> types.FunctionType | None:
-    """The plain function behind a module or class attribute: methods, properties, numba's
-    ``py_func`` and the wrappers of decorators that record ``__wrapped__``."""
-    obj = getattr(obj, "__func__", obj)  # staticmethod / classmethod
+    """The plain function behind a module or class attribute: a function, a static or class
+    method, a property's getter, numba's dispatcher (``py_func``) or ``functools``' caches
+    (``__wrapped__``) — looked through only for those exact types, so an arbitrary callable
+    carrying the original function in such an attribute is not taken for it."""
+    if isinstance(obj, staticmethod | classmethod):
+        obj = obj.__func__
     if isinstance(obj, property):
         obj = obj.fget
     if isinstance(obj, types.FunctionType):
         return obj
-    inner = getattr(obj, "py_func", None) or getattr(obj, "__wrapped__", None)
+    kind = type(obj)
+    if kind.__module__.startswith("numba") and "Dispatcher" in kind.__name__:
+        inner = getattr(obj, "py_func", None)
+    elif kind.__module__ == "functools" and kind.__name__ == "_lru_cache_wrapper":
+        inner = getattr(obj, "__wrapped__", None)
+    else:
+        return None
     return inner if isinstance(inner, types.FunctionType) else None
+
+
+def _imports(path: Path, module: str) -> list[tuple[str, str, str]]:
+    """``(bound name, module, attribute or "")`` of the file's top-level imports."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: list[tuple[str, str, str]] = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    out.append((a.asname, a.name, ""))
+                else:
+                    top = a.name.split(".")[0]
+                    out.append((top, top, ""))
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            out.extend((a.asname or a.name, base, a.name) for a in node.names if a.name != "*")
+    return out
+
+
+def _imported(source: str, attr: str) -> Any:
+    """The object an import statement binds now (None when it cannot be told)."""
+    mod = sys.modules.get(source)
+    if mod is None:
+        return None
+    if not attr:
+        return mod
+    value = getattr(mod, attr, None)
+    return value if value is not None else sys.modules.get(f"{source}.{attr}")
 
 
 def _bound(module: types.ModuleType, qualname: str) -> Any:
@@ -141,6 +184,7 @@ class Seal:
         self.modules = {name: Path(path).resolve() for name, path in modules.items()}
         self.wrappers = known_wrappers()
         self.expected = {name: _compiled(path) for name, path in self.modules.items()}
+        self.imports = {name: _imports(path, name) for name, path in self.modules.items()}
         self.torch = torch_targets() if with_torch else {}
 
     @classmethod
@@ -174,6 +218,14 @@ class Seal:
                 why = _check_bound(name, qualname, obj, digest, self.wrappers)
                 if why:
                     bad.append(why)
+            namespace = vars(module)
+            for bound, source, attr in self.imports[name]:
+                expected_obj = _imported(source, attr)
+                if expected_obj is not None and namespace.get(bound) is not expected_obj:
+                    bad.append(f"{name}.{bound} no longer is {source}.{attr or bound}")
+            invariants = namespace.get("_seal_invariants")
+            if callable(invariants) and not bad:
+                bad.extend(invariants())
         for (module, path), obj in zip(_TORCH_TARGETS, self.torch.values(), strict=False):
             try:
                 now = _target(module, path)

@@ -123,7 +123,30 @@ def prepared_run(worker: Any) -> Timing:
     code that sees the input, so it is part of what is measured."""
     a = worker.timed("prepare")
     b = worker.timed("time")
-    return Timing(wall=a.wall + b.wall, cpu=a.cpu + b.cpu, reported=a.reported + b.reported)
+    return Timing(
+        wall=a.wall + b.wall,
+        cpu=a.cpu + b.cpu,
+        reported=a.reported + b.reported,
+        foreign=a.foreign + b.foreign,
+    )
+
+
+INTERFERENCE_CORES = 0.5  # foreign load on the kept side's runs beyond the candidate's: refused
+
+
+def interference(log: PairLog) -> float:
+    """How many more cores the rest of the machine kept busy while the kept commit was timed
+    than while the candidate was (median over rounds): a candidate that leaves a process
+    running to slow the other side shows here (its own process group is stopped meanwhile)."""
+    import numpy as np
+
+    gaps = [
+        k.foreign / k.wall - c.foreign / c.wall
+        for k, c in zip(log.kept, log.candidate, strict=True)
+        if k.wall > 0 and c.wall > 0
+    ]
+    gaps = [g for g in gaps if g == g]
+    return float(np.median(gaps)) if gaps else 0.0
 
 
 class Attempt:
@@ -217,7 +240,10 @@ class Attempt:
         commit = self.head if role == "candidate" else self.state.kept
         log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}-{pair + 1}.log"
         overrides = self._overrides(commit)
-        return Worker(checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch)
+        suspend = role == "candidate"  # stopped between requests: see Worker
+        return Worker(
+            checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch, suspend
+        )
 
     def _kept_tree(self) -> Path:
         tree = self.results / "worktrees" / f"{self.state.tag}-kept"
@@ -321,6 +347,15 @@ class Attempt:
             ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
             self._judge(
                 self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
+            )
+        extra = interference(log)
+        self.details.setdefault("interference", []).append(round(extra, 3))
+        if extra > INTERFERENCE_CORES:
+            raise Rejected(
+                "rejected",
+                f"interference: while the kept commit was timed the rest of the machine used "
+                f"{extra:.2f} cores more than while the candidate was (pair {p + 1}); a process "
+                "left running by the candidate slows the other side",
             )
         return log
 

@@ -18,20 +18,43 @@ from pathlib import Path
 
 from harness.core.errors import UserError
 
-# self-contained (``harness.compare`` starts workers inside old commits without this module)
-_BOOT = (
-    "import os, runpy, sys; tree, module = sys.argv[1], sys.argv[2]; "
-    "sys.argv = [module, *sys.argv[3:]]; sys.path.insert(0, tree); import harness; "
-    "here = os.path.realpath(harness.__file__ or ''); "
-    "os.path.commonpath([here, os.path.realpath(tree)]) == os.path.realpath(tree) or "
-    "sys.exit(f'error: harness imported from {here}, not from {tree}'); "
-    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
-)
+# Self-contained (``harness.compare`` starts workers inside old commits without this module).
+# The tree's modules are compiled from their source files, never loaded from ``__pycache__``: a
+# candidate's process can write a .pyc there (with the source's mtime and size, which is all
+# Python checks) and so change what the judge runs without changing a tracked file.
+_BOOT = """
+import os, runpy, sys
+from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
+tree, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+root = os.path.realpath(tree)
+sys.dont_write_bytecode = True
+
+class SourceOnly(SourceFileLoader):
+    def get_code(self, fullname):
+        return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
+
+def source_only(path):
+    real = os.path.realpath(path or ".")
+    if real == root or real.startswith(root + os.sep):
+        return FileFinder(path, (SourceOnly, SOURCE_SUFFIXES))
+    raise ImportError
+
+sys.path_hooks.insert(0, source_only)
+sys.path_importer_cache.clear()
+sys.path.insert(0, tree)
+import harness
+here = os.path.realpath(harness.__file__ or "")
+if os.path.commonpath([here, root]) != root:
+    sys.exit(f"error: harness imported from {here}, not from {tree}")
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 PROJECT_PACKAGES = ("harness", "methods")
 
 
 def isolated_command(tree: Path, module: str, args: list[str] = ()) -> list[str]:
-    """The command running ``python -m module args`` with only ``tree``'s project code."""
+    """The command running ``python -m module args`` with only ``tree``'s project code,
+    compiled from its source files."""
     return [sys.executable, "-I", "-c", _BOOT, str(Path(tree).resolve()), module, *args]
 
 
@@ -90,21 +113,18 @@ def verify_checkout(tree: Path, commit: str) -> None:
 
 
 _LAUNCHER = """#!/usr/bin/env python3
-\"\"\"The judge of loop {tag}: ``python -m harness.loop`` run from the start commit's worktree
-(isolated: nothing of the checkout it is started in is imported). Written by ``loop start``.\"\"\"
+\"\"\"The judge of loop {tag}: ``python -m harness.loop`` run from the start commit's worktree,
+isolated: nothing of the checkout it is started in is imported, and the worktree's modules are
+compiled from source. Written by ``loop start``.\"\"\"
 import os
 import sys
 
 TREE = {tree!r}
-if not sys.flags.isolated:
-    os.execv(sys.executable, [sys.executable, "-I", __file__, *sys.argv[1:]])
-sys.path.insert(0, TREE)
-from harness.optimize.isolation import require_tree  # noqa: E402
-
-require_tree(TREE)
-from harness.optimize.loop import main  # noqa: E402
-
-raise SystemExit(main())
+BOOT = {boot!r}
+os.execv(
+    sys.executable,
+    [sys.executable, "-I", "-c", BOOT, TREE, "harness.optimize.loop", *sys.argv[1:]],
+)
 """
 
 
@@ -112,6 +132,7 @@ def write_launcher(path: Path, tree: Path, tag: str) -> Path:
     """The loop's judge entry point outside the candidate's tree (``python <path> try ...``)."""
     from harness.core.fsio import atomic_write
 
-    atomic_write(path, _LAUNCHER.format(tree=str(Path(tree).resolve()), tag=tag))
+    text = _LAUNCHER.format(tree=str(Path(tree).resolve()), tag=tag, boot=_BOOT)
+    atomic_write(path, text)
     path.chmod(0o755)
     return path

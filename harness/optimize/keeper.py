@@ -66,7 +66,13 @@ class Keeper:
         w = self.worker(slot)
         if op == "timed":
             t = w.timed(req.get("as", "time"))
-            return {"event": "timed", "wall": t.wall, "cpu": t.cpu, "reported": t.reported}
+            return {
+                "event": "timed",
+                "wall": t.wall,
+                "cpu": t.cpu,
+                "reported": t.reported,
+                "foreign": t.foreign,
+            }
         args = {k: v for k, v in req.items() if k not in ("op", "slot")}
         return w.request(op, **args)
 
@@ -124,7 +130,12 @@ class RemoteWorker:
 
     def timed(self, op: str = "time") -> Timing:
         r = self.client.call({"op": "timed", "slot": self.slot, "as": op})
-        return Timing(wall=r["wall"], cpu=r["cpu"], reported=r.get("reported", float("nan")))
+        return Timing(
+            wall=r["wall"],
+            cpu=r["cpu"],
+            reported=r.get("reported", float("nan")),
+            foreign=r.get("foreign", float("nan")),
+        )
 
     def close(self) -> None:  # the worker stays warm in the keeper
         pass

@@ -20,9 +20,9 @@ Requests (v2, the optimization loop's judge):
                         ``p`` (npz, nothing that executes on load), collect garbage; reply: hash
                         (for information: the judge computes its own from the file), work
 Requests (v3):
-  ``{"op": "input", "fields": {...}, "prepare": false}``  load and validate only: the caller
-                        then sends ``{"op": "prepare"}`` and times it like ``time``, so editable
-                        code that ``prepare`` calls cannot do the run's work untimed
+  ``{"op": "input", "fields": {...}, "prepare": false}``  load only: the caller then sends
+                        ``{"op": "prepare"}`` (check_inputs + prepare) and times it like
+                        ``time``, so editable code they call cannot do the run's work untimed
 
 A worker refuses to report (``{"event": "error", "kind": "tampered"}``) when its read-only code
 or torch's hooked entry points no longer match what they were (:mod:`harness.bench.seal`), or
@@ -31,6 +31,7 @@ when a work count was booked from outside the counters' hooks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -119,9 +120,8 @@ class Server:
         self.state = None
         self.data = None
         gc.collect()
-        if not prepare:
+        if not prepare:  # check_inputs runs editable code on the input: timed, in prepare
             self.data = self.bench.load(cfg)
-            self.method.check_inputs(self.data)
             return {"event": "input", "load_s": time.perf_counter() - t0}
         self.method, self.data, self.state = self.bench.setup(
             self.bench.load(cfg), method=self.method
@@ -135,9 +135,9 @@ class Server:
             raise RuntimeError("prepare before input")
         self.rt.synchronize()
         t0 = time.perf_counter()
+        self.method.check_inputs(self.data)
         self.state = self.method.prepare(self.data)
         self.rt.synchronize()
-        self._refuse_if_tampered(None)
         return {"event": "prepared", "elapsed": time.perf_counter() - t0}
 
     def time(self) -> dict[str, Any]:
@@ -156,23 +156,23 @@ class Server:
         finally:
             ctx.work.close()
         seconds = time.perf_counter() - t0
-        self._refuse_if_tampered(ctx.work)
+        if ctx.work.tampered:
+            from harness.bench.protocol import Tampered
+
+            raise Tampered(ctx.work.tampered)
         result.work = ctx.work.counts
         self.last = result
         return {"event": "timed", "elapsed": seconds}
 
-    def _refuse_if_tampered(self, work: Any) -> None:
-        problems = self.seal.problems()
-        if work is not None and work.tampered:
-            problems.insert(0, work.tampered)
-        if problems:
-            from harness.bench.protocol import Tampered
-
-            raise Tampered("; ".join(problems[:3]))
-
     def save(self, path: str) -> dict[str, Any]:
+        """Write the last run's outputs — unless read-only code was changed since start-up
+        (checked here, outside the timed requests: a patch made during a run persists)."""
         from harness.bench import baseline
+        from harness.bench.protocol import Tampered
 
+        problems = self.seal.problems()
+        if problems:
+            raise Tampered("; ".join(problems[:3]))
         result = self.last
         digest = self.bench.digest(result.outputs)
         baseline.save(Path(path), digest, result.outputs, {}, result.work)
@@ -216,9 +216,22 @@ def serve(overrides: list[str]) -> None:
             _send({"event": "error", "kind": "user", "message": f"unknown op {op!r}"})
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the process that started it dies (a worker kept stopped
+    between requests would otherwise outlive a killed judge)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 def main() -> None:
     from harness.bench.protocol import Tampered
     from harness.core.errors import UserError
+
+    if sys.platform.startswith("linux"):
+        _die_with_parent()
 
     try:
         serve(sys.argv[1:])

@@ -12,9 +12,11 @@ shrink the per-process bias two processes of the same code otherwise show for th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -45,6 +47,17 @@ class Launch:
         return [*self.prefix, *args]
 
 
+def system_busy_s() -> float:
+    """CPU seconds all processors spent busy since boot (``/proc/stat``; NaN without it)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_ns(pid: int) -> int | None:
     """Nanoseconds of CPU time the kernel accounted to all threads of ``pid`` (None where
     /proc has no schedstat)."""
@@ -69,8 +82,13 @@ class Worker:
         log_path: Path,
         timeout_s: float,
         launch: Launch = Launch(),
+        suspend: bool = False,
     ) -> None:
+        """``suspend``: keep the worker's process group stopped (SIGSTOP) between requests, so
+        nothing it started — a thread, a child process — runs while it is not being served
+        (while the other side is timed, in particular)."""
         self.timeout_s = timeout_s
+        self.suspend = suspend
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
@@ -86,10 +104,12 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            start_new_session=True,  # its own process group: suspended and ended as one
         )
         self.ready = self._read()
         if self.ready.get("event") != "ready":
             raise self._failure(self.ready)
+        self._pause()
         self.startup_s = time.monotonic() - self.started
         self.protocol = int(self.ready.get("protocol", 1))
 
@@ -128,7 +148,24 @@ class Worker:
         finally:
             sel.close()
 
+    def _group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def _pause(self) -> None:
+        if self.suspend:
+            self._group(signal.SIGSTOP)
+
     def request(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        if self.suspend:
+            self._group(signal.SIGCONT)
+        try:
+            return self._exchange(op, args)
+        finally:
+            self._pause()
+
+    def _exchange(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
@@ -147,38 +184,50 @@ class Worker:
         """One timed request, measured from outside: wall seconds of the round trip and the
         CPU seconds the kernel accounted to the worker meanwhile."""
         c0 = cpu_ns(self.proc.pid)
+        b0 = system_busy_s()
         t0 = time.perf_counter()
         reply = self.request(op)
         wall = time.perf_counter() - t0
+        b1 = system_busy_s()
         c1 = cpu_ns(self.proc.pid)
         cpu = (c1 - c0) / 1e9 if c0 is not None and c1 is not None else float("nan")
-        return Timing(wall=wall, cpu=cpu, reported=float(reply.get("elapsed", float("nan"))))
+        return Timing(
+            wall=wall,
+            cpu=cpu,
+            reported=float(reply.get("elapsed", float("nan"))),
+            foreign=max(0.0, (b1 - b0) - cpu),
+        )
 
     def kill(self) -> None:
+        self._group(signal.SIGKILL)  # the worker and whatever it left in its group
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
 
     def close(self) -> None:
         """Ask the worker to quit (no reply expected); kill it if it does not."""
         if self.proc.poll() is None:
+            self._group(signal.SIGCONT)
             try:
                 assert self.proc.stdin is not None
                 self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
                 self.proc.stdin.close()
                 self.proc.wait(timeout=10)
             except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.kill()
+                pass
+        self.kill()
         self._log.close()
 
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed run as the judge measured it (``reported``: the worker's own figure)."""
+    """One timed run as the judge measured it (``reported``: the worker's own figure;
+    ``foreign``: CPU seconds the rest of the machine was busy meanwhile)."""
 
     wall: float
     cpu: float
     reported: float = float("nan")
+    foreign: float = float("nan")
 
     def value(self, clock: str) -> float:
         return self.cpu if clock == "cpu" and self.cpu == self.cpu else self.wall
