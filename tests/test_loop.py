@@ -19,7 +19,10 @@ def slow(x, speed):
     time.sleep(knobs.SLEEP_S * speed / 5)
     return x * 2.0 + knobs.OFFSET
 """
-HEADER = "import time\n\nimport numpy as np\n\nfrom methods.toy import knobs\n"
+HEADER = (
+    "import time\n\nimport numpy as np\n\nfrom methods.toy import knobs\n\n\n"
+    "def stage(x):  # called by prepare\n    return x\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -454,7 +454,9 @@ def compute(x, speed):
 
 
 def test_processes_left_to_slow_the_kept_side_are_refused(toy):
+    """Faster too (so the rule would keep it): the keep is refused for the interference."""
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + SPINNERS)
+    _edit(toy, "methods/toy/knobs.py", "SLEEP_S = 0.05", "SLEEP_S = 0.03")
     toy.git("add", FAST)
     toy.commit("leave spinners running")
     try:

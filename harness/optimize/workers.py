@@ -71,6 +71,32 @@ def cpu_ns(pid: int) -> int | None:
     return total
 
 
+def tree_cpu_ns(pid: int) -> int | None:
+    """:func:`cpu_ns` of ``pid`` plus that of its live descendants (a data loader's workers)."""
+    own = cpu_ns(pid)
+    if own is None:
+        return None
+    total, todo, seen = own, [pid], {pid}
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as fh:
+                    kids = [int(k) for k in fh.read().split()]
+            except (OSError, ValueError):
+                continue
+            for kid in kids:
+                if kid not in seen:
+                    seen.add(kid)
+                    todo.append(kid)
+                    total += cpu_ns(kid) or 0
+    return total
+
+
 class Worker:
     """A ``harness.worker`` subprocess bound to one checkout: run from it (its working
     directory) and importing only its code (isolated mode, :mod:`.isolation`)."""
@@ -183,19 +209,20 @@ class Worker:
     def timed(self, op: str = "time") -> Timing:
         """One timed request, measured from outside: wall seconds of the round trip and the
         CPU seconds the kernel accounted to the worker meanwhile."""
-        c0 = cpu_ns(self.proc.pid)
+        c0, tree0 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
         b0 = system_busy_s()
         t0 = time.perf_counter()
         reply = self.request(op)
         wall = time.perf_counter() - t0
         b1 = system_busy_s()
-        c1 = cpu_ns(self.proc.pid)
+        c1, tree1 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
         cpu = (c1 - c0) / 1e9 if c0 is not None and c1 is not None else float("nan")
+        tree = (tree1 - tree0) / 1e9 if tree0 is not None and tree1 is not None else cpu
         return Timing(
             wall=wall,
             cpu=cpu,
             reported=float(reply.get("elapsed", float("nan"))),
-            foreign=max(0.0, (b1 - b0) - cpu),
+            foreign=max(0.0, (b1 - b0) - tree),
         )
 
     def kill(self) -> None:
@@ -222,7 +249,8 @@ class Worker:
 @dataclass(frozen=True)
 class Timing:
     """One timed run as the judge measured it (``reported``: the worker's own figure;
-    ``foreign``: CPU seconds the rest of the machine was busy meanwhile)."""
+    ``foreign``: CPU seconds the rest of the machine — all but the worker and its descendants —
+    was busy meanwhile)."""
 
     wall: float
     cpu: float
