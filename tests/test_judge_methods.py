@@ -120,3 +120,48 @@ def test_scvi_legitimate_numerics_are_not_wrong(repo):
     repo.git("checkout", "-q", "autoresearch/scvi")
     row = _plant(repo, MODEL, "        self.fused = True", "        self.fused = False", "scvi")
     assert row["verdict"] in ("exact", "close"), row["description"]
+
+
+# ---- the trainers that came later: one planted regression each, through the real loop -------
+TINY_LOOP = {
+    "cellbender": ["method=cellbender", "dataset.n_genes=80", "dataset.cells_per_type=40",
+                   "dataset.n_droplets=600", "method.epochs=3", "bench.warmup_steps=2",
+                   "method.posterior_samples=4", *COMMON],
+    "scbert": ["method=scbert", "dataset.n_genes=40", "dataset.cells_per_type=30",
+               "dataset.novel_cells=10", "method.epochs_a=1", "method.epochs_b=1", "method.dim=16",
+               "method.hidden1=32", "method.hidden2=16", "method.nb_features=16",
+               "method.prune_target=0.1", "bench.warmup_steps=2", *COMMON],
+    "cellwhisperer": ["method=cellwhisperer", "dataset.n_cells=300", "dataset.n_genes=60",
+                      "method.epochs=2", "method.batch_size=32", "method.projection=64",
+                      "method.cell_hidden=32", "method.text_hidden=32", "method.max_tokens=32",
+                      "bench.warmup_steps=2", *COMMON],
+}  # fmt: skip
+TRAINER_PLANTED = {
+    # backward skipped on every other minibatch, optimizer.step() still called
+    "cellbender": (
+        "methods/cellbender/train.py",
+        "            terms.loss.backward()\n",
+        "            if step % 2 == 0:\n                terms.loss.backward()\n",
+    ),
+    "scbert": (
+        "methods/scbert/train.py",
+        "        loss.backward()\n",
+        "        if step[0] % 2 == 0:\n            loss.backward()\n",
+    ),
+    # the learnable temperature frozen (it moves only ~3%: under the head tolerance)
+    "cellwhisperer": (
+        "methods/cellwhisperer/model.py",
+        "        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))\n",
+        "        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))\n"
+        "        self.log_scale.requires_grad_(False)\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(TRAINER_PLANTED))
+def test_trainer_planted_regressions_are_wrong(repo, method):
+    _start(repo, method, TINY_LOOP[method])
+    rel, old, new = TRAINER_PLANTED[method]
+    row = _plant(repo, rel, old, new, method)
+    assert (row["status"], row["verdict"]) == ("discard", "wrong"), row["description"]
+    assert "work_" in row["description"], row["description"]  # the counters caught it
