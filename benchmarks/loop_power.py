@@ -6,7 +6,8 @@
 
 ``collect`` plays worker pairs exactly as ``loop try`` does — a fresh reference worker and a
 fresh candidate worker of this checkout, started in alternating order, ``loop.rounds`` rounds
-each on a fresh input loaded untimed, prepare + run timed from outside in alternating order, with the
+each on a fresh input the judge loads and hands over as a file, read + prepare + run timed
+from outside in alternating order, with the
 loop's launch settings — and stores every round's wall and CPU times and each pair's cost.
 With ``--busy S`` the reference side is a copy of this checkout whose RCTD solver burns S
 seconds of CPU per call (a real planted change: the candidate is faster by S/(T+S)).
@@ -32,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.config.compose import compose_checked
-from harness.optimize.attempt import clock_for, fresh_fields, launch_for, prepared_run, rule_for
+from harness.optimize.attempt import clock_for, fresh_fields, launch_for, rule_for
 from harness.optimize.decide import decide
+from harness.optimize.inputs import prepared_run, write_input
 from harness.optimize.pairs import fresh_draw
 from harness.optimize.workers import Worker
 
@@ -86,10 +88,10 @@ def collect(args: argparse.Namespace, overrides: list[str]) -> None:
         try:
             for r in range(loop.rounds):
                 fields = fresh_fields(valid.dataset, fresh_draw())
-                for w in started.values():
-                    w.request("input", fields=fields, prepare=False)
+                inp = write_input(valid.dataset, fields, logs)
                 first = ("ref", "cand") if (p + r) % 2 == 0 else ("cand", "ref")
-                t = {name: prepared_run(started[name]) for name in first}
+                t = {name: prepared_run(started[name], inp) for name in first}
+                inp.remove()
                 rounds.append({k: [v.wall, v.cpu] for k, v in t.items()})
         finally:
             for w in started.values():

@@ -464,3 +464,44 @@ def test_processes_left_to_slow_the_kept_side_are_refused(toy):
     finally:
         (toy.root / "results" / "spin.stop").write_text("")
     assert row["status"] == "rejected" and "interference" in row["description"], row
+
+
+PRECOMPUTE_ON_LOAD = """
+
+import gc as _gc
+import sys as _sys
+
+_DONE = {}
+
+
+def _profile(frame, event, arg):  # on the return of the data loader: the fresh input
+    if event == "return" and frame.f_code.co_name == "load" and isinstance(arg, dict) and "x" in arg:
+        _sys.setprofile(None)
+        _DONE[arg["x"].tobytes()] = _plain(arg["x"], 5)  # the run's work, off the clock
+
+
+def _arm(phase, info):  # every explicit gc.collect() of the worker arms the hook again
+    if phase == "stop":
+        _sys.setprofile(_profile)
+
+
+_gc.callbacks.append(_arm)
+_plain = compute
+
+
+def compute(x, speed):
+    done = _DONE.pop(x.tobytes(), None)
+    return done if done is not None else _plain(x, speed)
+"""
+
+
+def test_work_done_while_the_input_loads_is_refused(toy):
+    """Round two of the red team: a profile hook, armed from a gc callback, ran the whole run
+    when the worker loaded a fresh input (untimed) and replayed it in the timed request. Now the
+    judge loads inputs itself and the worker reads them inside the timed request — and a
+    profile hook or an added gc callback makes the worker refuse to report."""
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + PRECOMPUTE_ON_LOAD)
+    toy.git("add", FAST)
+    toy.commit("precompute while the input loads")
+    row = _judge(toy, "r", "precompute on load")
+    assert row["status"] == "rejected" and "tampered" in row["description"], row

@@ -156,7 +156,8 @@ class Benchmark:
         """Load → prepare → protocol → hash → verdict. Writes no row or MLflow run (only a
         trainer's checkpoint, and the baseline when there is none and bench.baseline allows)."""
         bench = self.top.bench
-        seal = Seal.for_files(project_root(), self.method_cfg.readonly)  # before method code
+        # before method code is imported; debuggers allowed (no process-hook check)
+        seal = Seal.for_files(project_root(), self.method_cfg.readonly, process_hooks=False)
         warm: dict[str, Any] = {}
         warm_cfg = self.warmup_input() if data is None else None
         if warm_cfg is not None:

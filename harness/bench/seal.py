@@ -18,6 +18,7 @@ backed by tolerances calibrated so that skipped work shows in the outputs.
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import importlib
 import sys
@@ -180,15 +181,23 @@ def torch_targets() -> dict[str, Any]:
 class Seal:
     """Read-only modules (by name, with their source files) and torch's hooked entry points."""
 
-    def __init__(self, modules: dict[str, Path], with_torch: bool = True) -> None:
+    def __init__(
+        self, modules: dict[str, Path], with_torch: bool = True, process_hooks: bool = True
+    ) -> None:
+        """``process_hooks``: also refuse profile/trace hooks and added gc callbacks (off for a
+        plain benchmark, which a user may run under a debugger)."""
+        self.process_hooks = process_hooks
         self.modules = {name: Path(path).resolve() for name, path in modules.items()}
         self.wrappers = known_wrappers()
+        self.gc_callbacks = list(gc.callbacks)
         self.expected = {name: _compiled(path) for name, path in self.modules.items()}
         self.imports = {name: _imports(path, name) for name, path in self.modules.items()}
         self.torch = torch_targets() if with_torch else {}
 
     @classmethod
-    def for_files(cls, root: Path, files: Iterable[str], with_torch: bool = True) -> Seal:
+    def for_files(
+        cls, root: Path, files: Iterable[str], with_torch: bool = True, process_hooks: bool = True
+    ) -> Seal:
         """A seal over every ``harness`` module plus the given read-only method files."""
         root = Path(root).resolve()
         mods: dict[str, Path] = {}
@@ -197,7 +206,21 @@ class Seal:
         for rel in files:
             if rel.endswith(".py") and (root / rel).exists():
                 mods[_module_name(root, root / rel)] = root / rel
-        return cls(mods, with_torch)
+        return cls(mods, with_torch, process_hooks)
+
+    def _process_hooks(self) -> list[str]:
+        """Interpreter hooks through which code runs unasked (on every call, or collection)."""
+        import threading
+
+        bad = []
+        if sys.getprofile() is not None or threading.getprofile() is not None:
+            bad.append("a profile hook is set (sys/threading.setprofile)")
+        if sys.gettrace() is not None or threading.gettrace() is not None:
+            bad.append("a trace hook is set (sys/threading.settrace)")
+        added = [cb for cb in gc.callbacks if not any(cb is old for old in self.gc_callbacks)]
+        if added:
+            bad.append(f"gc callbacks were added ({len(added)})")
+        return bad
 
     def problems(self) -> list[str]:
         """What differs from the files on disk and the recorded torch objects (empty: intact)."""
@@ -226,6 +249,8 @@ class Seal:
             invariants = namespace.get("_seal_invariants")
             if callable(invariants) and not bad:
                 bad.extend(invariants())
+        if self.process_hooks:
+            bad.extend(self._process_hooks())
         for (module, path), obj in zip(_TORCH_TARGETS, self.torch.values(), strict=False):
             try:
                 now = _target(module, path)

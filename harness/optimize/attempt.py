@@ -6,10 +6,11 @@ command line:
 2. correctness, before any timing counts: the candidate on the benchmark input against the
    loop's baseline, and on the held-out check input against its baseline;
 3. timing and correctness together: worker pairs (a fresh candidate worker, a kept-commit
-   worker), each round on a FRESH input (a dataset seed drawn now, loaded untimed in both;
-   ``prepare`` and the run both timed from outside, in alternating order — prepare runs
-   editable code that sees the input), and the candidate's outputs, read and hashed here from
-   the raw file its worker wrote, must agree with the
+   worker), each round on a FRESH input (a dataset seed drawn now, loaded by the judge itself
+   and handed to both workers as a file: reading it, ``check_inputs``, ``prepare`` and the run
+   are all timed from outside, in alternating order, so no candidate code sees the input off
+   the clock — :mod:`harness.optimize.inputs`), and the candidate's outputs, read and hashed
+   here from the raw file its worker wrote, must agree with the
    kept commit's on that input (exact or close, work counters equal) — so a cache, a memo
    keyed on the input, or a function that is right only on its first calls cannot pass;
 4. the sequential rule (:mod:`harness.optimize.decide`) decides keep / discard;
@@ -33,9 +34,10 @@ from harness.bench.contract import RunResult
 from harness.core.errors import UserError
 from harness.optimize import gitops, surface
 from harness.optimize.decide import Decision, Rule
+from harness.optimize.inputs import prepared_run, write_input
 from harness.optimize.pairs import Session, describe_pairs, fresh_draw, run_pairs
 from harness.optimize.state import LoopState
-from harness.optimize.workers import Launch, PairLog, Timing, Worker, WorkerFailed
+from harness.optimize.workers import Launch, PairLog, Worker, WorkerFailed
 
 SEVERITY = {"exact": 0, "close": 1, "none": 2, "wrong": 3}
 MALLOC_ENV = (
@@ -116,19 +118,6 @@ def tuned_override(repo: Any, commit: str, frozen: dict[str, Any]) -> list[str]:
     if gitops.show(repo, commit, frozen["tuned_file"]) is None:
         return []
     return [f"+tuned/{frozen['method']}={frozen['hardware']}"]
-
-
-def prepared_run(worker: Any) -> Timing:
-    """Prepare the loaded input and run it, both timed from outside: ``prepare`` runs editable
-    code that sees the input, so it is part of what is measured."""
-    a = worker.timed("prepare")
-    b = worker.timed("time")
-    return Timing(
-        wall=a.wall + b.wall,
-        cpu=a.cpu + b.cpu,
-        reported=a.reported + b.reported,
-        foreign=a.foreign + b.foreign,
-    )
 
 
 INTERFERENCE_CORES = 0.75  # extra foreign load on every kept run of a pair: refused
@@ -310,9 +299,10 @@ class Attempt:
         self.candidate_outputs = RunResult(outputs=got.outputs, work=got.work)
         self.details["output_hash"] = got.output_hash
         t0 = time.monotonic()
-        cand.request("input", fields=self.frozen["check_fields"], prepare=False)
+        inp = write_input(self.valid.dataset, self.frozen["check_fields"], self.scratch)
         self.session.inputs_s += time.monotonic() - t0
-        prepared_run(cand)
+        prepared_run(cand, inp)
+        inp.remove()
         check = baselines.load(self.state.check_path)
         assert check is not None
         self._judge(self._saved(cand, "check"), check, "held-out check input")
@@ -322,29 +312,30 @@ class Attempt:
             self.gates(cand)
         log = PairLog()
         if self.loop.warm_round:  # untimed, on an input of its own: both sides equally warm
-            fields = fresh_fields(self.valid.dataset, fresh_draw())
             t0 = time.monotonic()
-            _as_kept(kept.request, "input", fields=fields, prepare=False)
-            cand.request("input", fields=fields, prepare=False)
-            _as_kept(prepared_run, kept)
-            prepared_run(cand)
+            fields = fresh_fields(self.valid.dataset, fresh_draw())
+            inp = write_input(self.valid.dataset, fields, self.scratch)
+            _as_kept(prepared_run, kept, inp)
+            prepared_run(cand, inp)
+            inp.remove()
             session.startup_s += time.monotonic() - t0
         for r in range(self.loop.rounds):
             draw = fresh_draw()
             self.details["draws"].append(draw)
-            fields = fresh_fields(self.valid.dataset, draw)
             t0 = time.monotonic()
-            _as_kept(kept.request, "input", fields=fields, prepare=False)
-            cand.request("input", fields=fields, prepare=False)
+            inp = write_input(
+                self.valid.dataset, fresh_fields(self.valid.dataset, draw), self.scratch
+            )
             session.inputs_s += time.monotonic() - t0
             t0 = time.monotonic()
             if (p + r) % 2 == 0:
-                log.kept.append(_as_kept(prepared_run, kept))
-                log.candidate.append(prepared_run(cand))
+                log.kept.append(_as_kept(prepared_run, kept, inp))
+                log.candidate.append(prepared_run(cand, inp))
             else:
-                log.candidate.append(prepared_run(cand))
-                log.kept.append(_as_kept(prepared_run, kept))
+                log.candidate.append(prepared_run(cand, inp))
+                log.kept.append(_as_kept(prepared_run, kept, inp))
             session.runs_s += time.monotonic() - t0
+            inp.remove()
             ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
             self._judge(
                 self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"

@@ -51,13 +51,8 @@ def run(argv: list[str]) -> int:
     from harness.bench.hashing import output_hash, select
     from harness.config.compose import compose_checked
     from harness.optimize import gitops
-    from harness.optimize.attempt import (
-        clock_for,
-        fresh_fields,
-        launch_for,
-        prepared_run,
-        rule_for,
-    )
+    from harness.optimize.attempt import clock_for, fresh_fields, launch_for, rule_for
+    from harness.optimize.inputs import prepared_run, write_input
     from harness.optimize.pairs import Session, fresh_draw, run_pairs
     from harness.optimize.workers import PairLog, Worker, WorkerFailed
 
@@ -107,32 +102,35 @@ def run(argv: list[str]) -> int:
     def play(p: int, a: Worker, b: Worker, session: Session) -> PairLog:
         log = PairLog()
         fresh = a.protocol >= 2 and b.protocol >= 2 and valid.dataset.draw(1) is not None
-        split = fresh and a.protocol >= 3 and b.protocol >= 3  # prepare timed too (the loop's)
-        load = {"prepare": False} if split else {}
+        files = fresh and a.protocol >= 4 and b.protocol >= 4  # the loop's way (inputs.py)
 
-        def timed(w: Worker) -> Any:
-            return prepared_run(w) if split else w.timed("time" if fresh else "run")
+        def new_input() -> Any:
+            fields = fresh_fields(valid.dataset, fresh_draw())
+            if files:
+                return write_input(valid.dataset, fields, scratch)
+            for w in (a, b):
+                w.request("input", fields=fields)
+            return None
+
+        def timed(w: Worker, inp: Any) -> Any:
+            if files:
+                return prepared_run(w, inp)
+            return w.timed("time" if fresh else "run")
 
         if cmp.warm_round:  # untimed, on an input of its own: a fresh worker's first run is slow
             t0 = time.monotonic()
-            if fresh:
-                fields = fresh_fields(valid.dataset, fresh_draw())
-                for w in (a, b):
-                    w.request("input", fields=fields, **load)
+            inp = new_input() if fresh else None
             for w in (a, b):
-                timed(w)
+                timed(w, inp)
             session.startup_s += time.monotonic() - t0
         for r in range(cmp.rounds):
-            if fresh:
-                fields = fresh_fields(valid.dataset, fresh_draw())
-                t0 = time.monotonic()
-                for w in (a, b):
-                    w.request("input", fields=fields, **load)
-                session.inputs_s += time.monotonic() - t0
+            t0 = time.monotonic()
+            inp = new_input() if fresh else None
+            session.inputs_s += time.monotonic() - t0
             a_first = (p + r) % 2 == 0
             t0 = time.monotonic()
             first, second = (a, b) if a_first else (b, a)
-            x, y = timed(first), timed(second)
+            x, y = timed(first, inp), timed(second, inp)
             session.runs_s += time.monotonic() - t0
             log.kept.append(x if a_first else y)
             log.candidate.append(y if a_first else x)

@@ -65,7 +65,7 @@ class Keeper:
             }
         w = self.worker(slot)
         if op == "timed":
-            t = w.timed(req.get("as", "time"))
+            t = w.timed(req.get("as", "time"), **dict(req.get("args", {})))
             return {
                 "event": "timed",
                 "wall": t.wall,
@@ -128,8 +128,8 @@ class RemoteWorker:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         return self.client.call({"op": op, "slot": self.slot, **args})
 
-    def timed(self, op: str = "time") -> Timing:
-        r = self.client.call({"op": "timed", "slot": self.slot, "as": op})
+    def timed(self, op: str = "time", **args: Any) -> Timing:
+        r = self.client.call({"op": "timed", "slot": self.slot, "as": op, "args": args})
         return Timing(
             wall=r["wall"],
             cpu=r["cpu"],

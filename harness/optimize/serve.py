@@ -19,10 +19,12 @@ Requests (v2, the optimization loop's judge):
   ``{"op": "save", "path": p}``  write the last run's raw outputs with the work counters to
                         ``p`` (npz, nothing that executes on load), collect garbage; reply: hash
                         (for information: the judge computes its own from the file), work
-Requests (v3):
-  ``{"op": "input", "fields": {...}, "prepare": false}``  load only: the caller then sends
-                        ``{"op": "prepare"}`` (check_inputs + prepare) and times it like
-                        ``time``, so editable code they call cannot do the run's work untimed
+Requests (v4):
+  ``{"op": "prepare", "path": p, "sha256": d}``  read the input the judge wrote to ``p`` (a
+                        pickle, checked against its SHA-256 before it is loaded), then
+                        ``check_inputs`` + ``prepare`` it — all inside the request, which the
+                        caller times like ``time``: the worker never holds a fresh input outside
+                        a timed request, so no code of its can work on it untimed
 
 A worker refuses to report (``{"event": "error", "kind": "tampered"}``) when its read-only code
 or torch's hooked entry points no longer match what they were (:mod:`harness.bench.seal`), or
@@ -41,7 +43,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-PROTOCOL = 3
+PROTOCOL = 4
 
 
 def _send(payload: dict[str, Any]) -> None:
@@ -111,7 +113,7 @@ class Server:
         }
 
     # ---- v2 ----------------------------------------------------------------------------
-    def input(self, fields: dict[str, Any], prepare: bool = True) -> dict[str, Any]:
+    def input(self, fields: dict[str, Any]) -> dict[str, Any]:
         from harness.config.schema import check_ranges
 
         t0 = time.perf_counter()
@@ -120,21 +122,25 @@ class Server:
         self.state = None
         self.data = None
         gc.collect()
-        if not prepare:  # check_inputs runs editable code on the input: timed, in prepare
-            self.data = self.bench.load(cfg)
-            return {"event": "input", "load_s": time.perf_counter() - t0}
         self.method, self.data, self.state = self.bench.setup(
             self.bench.load(cfg), method=self.method
         )
         gc.collect()
         return {"event": "input", "prepare_s": time.perf_counter() - t0}
 
-    def prepare(self) -> dict[str, Any]:
-        """Prepare the loaded input (the caller times this request from outside)."""
-        if self.data is None:
-            raise RuntimeError("prepare before input")
+    def prepare(self, path: str, sha256: str) -> dict[str, Any]:
+        """Load the judge's input file, check and prepare it (the caller times this request)."""
+        import hashlib
+        import pickle
+
+        self.state = self.data = None
+        gc.collect()
         self.rt.synchronize()
         t0 = time.perf_counter()
+        blob = Path(path).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != sha256:
+            raise RuntimeError(f"input file {path} does not match the judge's digest")
+        self.data = pickle.loads(blob)  # written by the judge, digest checked: trusted
         self.method.check_inputs(self.data)
         self.state = self.method.prepare(self.data)
         self.rt.synchronize()
@@ -202,10 +208,9 @@ def serve(overrides: list[str]) -> None:
         elif op == "judge":
             _send(server.judge())
         elif op == "input":
-            fields = dict(request.get("fields", {}))
-            _send(server.input(fields, bool(request.get("prepare", True))))
+            _send(server.input(dict(request.get("fields", {}))))
         elif op == "prepare":
-            _send(server.prepare())
+            _send(server.prepare(str(request["path"]), str(request["sha256"])))
         elif op == "time":
             _send(server.time())
         elif op == "save":

@@ -206,13 +206,13 @@ class Worker:
             raise self._failure(reply)
         return reply
 
-    def timed(self, op: str = "time") -> Timing:
+    def timed(self, op: str = "time", **args: Any) -> Timing:
         """One timed request, measured from outside: wall seconds of the round trip and the
         CPU seconds the kernel accounted to the worker meanwhile."""
         c0, tree0 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
         b0 = system_busy_s()
         t0 = time.perf_counter()
-        reply = self.request(op)
+        reply = self.request(op, **args)
         wall = time.perf_counter() - t0
         b1 = system_busy_s()
         c1, tree1 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
