@@ -1,4 +1,4 @@
-"""The judge on the real methods: planted regressions in RCTD's and scVI's editable code are
+"""The judge on the real methods: planted regressions in every method's editable code are
 `wrong` (discarded, the branch reset, the diff saved); a legitimate numerical change is not."""
 
 from __future__ import annotations

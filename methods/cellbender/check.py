@@ -16,8 +16,12 @@ def compare(
     outputs: Mapping[str, Any], reference: Mapping[str, Any], tol: CellBenderTolerance
 ) -> tuple[dict[str, float], bool]:
     """Cell calls agreeing ≥ ``cell_agreement``; mean |Δp| ≤ ``probability_abs``; ambient
-    profile within ``ambient_rel`` (of its largest entry); denoised counts of the droplets both
-    call cells within ``denoised_rel`` (relative L1)."""
+    profile within ``ambient_rel`` (of its largest entry); over the droplets both call cells:
+    denoised counts within ``denoised_rel`` (relative L1), the counts removed per gene within
+    ``removed_gene_rel`` (Σ_g |Δremoved_g| / Σ removed_ref; the raw counts are the same, so
+    Δremoved = −Δdenoised), the spread (std) of the background fractions within
+    ``background_spread_rel`` (relative; fewer posterior draws add per-cell noise); the mean
+    training ELBO of the last 10 epochs within ``elbo_rel`` (relative; less training shows)."""
     p, p_ref = np.asarray(outputs["cell_probability"]), np.asarray(reference["cell_probability"])
     if p.shape != p_ref.shape:
         return {"cell_agreement": 0.0}, False
@@ -33,13 +37,40 @@ def compare(
     d_ref = sp.csr_matrix(reference["denoised"])[both]
     denom = max(float(abs(d_ref).sum()), 1.0)
     m["denoised_rel"] = float(abs(d - d_ref).sum()) / denom
+    f = np.asarray(outputs["background_fraction"], dtype=np.float64)[both]
+    f_ref = np.asarray(reference["background_fraction"], dtype=np.float64)[both]
+    kept_ref = np.asarray(d_ref.sum(axis=1)).ravel()  # raw = kept / (1 − removed fraction)
+    removed_ref = float(np.sum(kept_ref * f_ref / np.maximum(1.0 - f_ref, 1e-12)))
+    per_gene = np.asarray((d_ref - d).sum(axis=0)).ravel()
+    m["removed_gene_rel"] = float(np.abs(per_gene).sum()) / max(removed_ref, 1.0)
+    spread_ref = float(np.std(f_ref)) if f_ref.size else 0.0
+    spread = float(np.std(f)) if f.size else 0.0
+    m["background_spread_rel"] = abs(spread - spread_ref) / max(spread_ref, 1e-12)
+    m["elbo_rel"] = _elbo_rel(outputs.get("elbo_train"), reference.get("elbo_train"))
     ok = (
         m["cell_agreement"] >= tol.cell_agreement
         and m["probability_abs"] <= tol.probability_abs
         and m["ambient_rel"] <= tol.ambient_rel
         and m["denoised_rel"] <= tol.denoised_rel
+        and m["removed_gene_rel"] <= tol.removed_gene_rel
+        and m["background_spread_rel"] <= tol.background_spread_rel
+        and m["elbo_rel"] <= tol.elbo_rel
     )
     return m, ok
+
+
+def _elbo_rel(curve: Any, curve_ref: Any, last: int = 10) -> float:
+    """|mean − mean_ref| / |mean_ref| of the training ELBO over the last ``last`` epochs of
+    each curve (0 when the reference has no curve; inf when only the run lacks one)."""
+    e_ref = np.ravel(np.asarray(curve_ref, dtype=np.float64)) if curve_ref is not None else None
+    if e_ref is None or e_ref.size == 0:
+        return 0.0
+    e = np.ravel(np.asarray(curve, dtype=np.float64)) if curve is not None else np.zeros(0)
+    k = min(last, e.size, e_ref.size)
+    if k == 0:
+        return float("inf")
+    a, b = float(np.mean(e[-k:])), float(np.mean(e_ref[-k:]))
+    return abs(a - b) / max(abs(b), 1e-12)
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:

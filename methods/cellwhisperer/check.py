@@ -39,6 +39,11 @@ def quality(outputs: Mapping[str, Any], adata: Any) -> dict[str, float]:
 def compare(
     outputs: Mapping[str, Any], reference: Mapping[str, Any], tol: CellWhispererTolerance
 ) -> tuple[dict[str, float], bool]:
+    """Zero-shot predictions on the evaluation set agreeing ≥ ``label_agreement``; zero-shot
+    logits within ``logits_rel`` (of the largest |logit|); every head tensor within
+    ``head_rel`` (relative L2); the learnt temperature t (``log_scale``) within
+    ``log_scale_abs`` — a global scalar that seeds and random streams leave in place but less
+    training (a frozen t, skipped updates, fewer epochs) does not."""
     lg = np.asarray(outputs["zeroshot_logits"], dtype=np.float64)
     ref = np.asarray(reference["zeroshot_logits"], dtype=np.float64)
     if lg.shape != ref.shape:
@@ -49,9 +54,13 @@ def compare(
     }
     worst = max_relative_l2(outputs, reference, ("cell_head.", "text_head.", "log_scale"))
     m["head_rel"] = worst
+    t = np.ravel(np.asarray(outputs.get("log_scale", np.nan), dtype=np.float64))
+    t_ref = np.ravel(np.asarray(reference.get("log_scale", np.nan), dtype=np.float64))
+    m["log_scale_abs"] = float(np.max(np.abs(t - t_ref))) if t.shape == t_ref.shape else np.inf
     ok = (
         m["label_agreement"] >= tol.label_agreement
         and m["logits_rel"] <= tol.logits_rel
         and worst <= tol.head_rel
+        and m["log_scale_abs"] <= tol.log_scale_abs
     )
     return m, ok

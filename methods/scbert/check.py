@@ -77,7 +77,9 @@ def compare(
 ) -> tuple[dict[str, float], bool]:
     """Predictions on the evaluation set agreeing ≥ ``prediction_agreement``; logits within
     ``logits_rel`` (of the largest |logit|); every head tensor within ``head_rel`` (relative
-    L2; a differently pruned head has other shapes: wrong)."""
+    L2; a differently pruned head has other shapes: wrong); the mean mutual information (BALD)
+    over the evaluation set within ``mutual_info_rel`` (relative) — fewer Monte-Carlo head
+    samples underestimate it (T samples see about 1 − 1/T of it), less training moves it."""
     lg, ref = (
         np.asarray(outputs["logits"], dtype=np.float64),
         np.asarray(reference["logits"], dtype=np.float64),
@@ -90,6 +92,13 @@ def compare(
     }
     worst = max_relative_l2(outputs, reference, ("head.",))
     m["head_rel"] = worst
+    mi = np.asarray(outputs.get("mutual_info", np.nan), dtype=np.float64)
+    mi_ref = np.asarray(reference.get("mutual_info", np.nan), dtype=np.float64)
+    m["mutual_info_rel"] = (
+        float(abs(mi.mean() - mi_ref.mean()) / max(abs(mi_ref.mean()), 1e-12))
+        if mi.shape == mi_ref.shape
+        else np.inf
+    )
     ok = (m["prediction_agreement"] >= tol.prediction_agreement and m["logits_rel"] <= tol.logits_rel
-          and worst <= tol.head_rel)  # fmt: skip
+          and worst <= tol.head_rel and m["mutual_info_rel"] <= tol.mutual_info_rel)  # fmt: skip
     return m, ok
