@@ -79,3 +79,12 @@ def test_work_counters_must_equal_the_baseline():
     assert verdict("h", same, base, never)[0] == "exact"
     label, metrics = verdict("h", fewer, base, never)  # same hash, less work: still wrong
     assert label == "wrong" and metrics["work_optimizer_steps"] == 20
+
+
+def test_max_relative_l2_does_not_pass_a_nan_tensor():
+    from harness.bench.distance import max_relative_l2
+
+    ref = {"head.w": np.ones(4)}
+    assert max_relative_l2({"head.w": np.ones(4) * 1.001}, ref, ("head.",)) < 0.01
+    nan = {"head.w": np.array([1.0, np.nan, 1.0, 1.0])}
+    assert max_relative_l2(nan, ref, ("head.",)) == float("inf")
