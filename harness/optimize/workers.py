@@ -71,8 +71,9 @@ def cpu_ns(pid: int) -> int | None:
     return total
 
 
-def tree_cpu_ns(pid: int) -> int | None:
-    """:func:`cpu_ns` of ``pid`` plus that of its live descendants (a data loader's workers)."""
+def tree_cpu_ns(pid: int) -> tuple[int, int] | None:
+    """:func:`cpu_ns` of ``pid``, and that plus its live descendants' (a data loader's
+    workers); None where /proc has no schedstat."""
     own = cpu_ns(pid)
     if own is None:
         return None
@@ -94,7 +95,7 @@ def tree_cpu_ns(pid: int) -> int | None:
                     seen.add(kid)
                     todo.append(kid)
                     total += cpu_ns(kid) or 0
-    return total
+    return own, total
 
 
 class Worker:
@@ -209,15 +210,17 @@ class Worker:
     def timed(self, op: str = "time", **args: Any) -> Timing:
         """One timed request, measured from outside: wall seconds of the round trip and the
         CPU seconds the kernel accounted to the worker meanwhile."""
-        c0, tree0 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
+        before = tree_cpu_ns(self.proc.pid)
         b0 = system_busy_s()
         t0 = time.perf_counter()
         reply = self.request(op, **args)
         wall = time.perf_counter() - t0
         b1 = system_busy_s()
-        c1, tree1 = cpu_ns(self.proc.pid), tree_cpu_ns(self.proc.pid)
-        cpu = (c1 - c0) / 1e9 if c0 is not None and c1 is not None else float("nan")
-        tree = (tree1 - tree0) / 1e9 if tree0 is not None and tree1 is not None else cpu
+        after = tree_cpu_ns(self.proc.pid)
+        if before is None or after is None:
+            cpu = tree = float("nan")
+        else:
+            cpu, tree = ((a - b) / 1e9 for a, b in zip(after, before, strict=True))
         return Timing(
             wall=wall,
             cpu=cpu,
