@@ -206,7 +206,8 @@ def _dense_rows(y: Any, a: int, b: int, device: torch.device) -> torch.Tensor:
 class FitMemo:
     """Full-mode fits of some rows, handed from sigma estimation to the main fit of the same
     run: its last epoch fits the picked pixels at the sigma it returns, which the main fit
-    would repeat row for row (every result is independent of its batch). Used at most once,
+    would repeat row for row (each row's result depends on its batch only through BLAS
+    summation order: last-bit differences, 2.2e-16 measured). Used at most once,
     and only when the tables, profiles, settings and every picked row's counts and nUMI are
     equal to the main fit's."""
 
