@@ -114,6 +114,7 @@ def test_real_speedup_is_kept_then_status(repo):
     assert kept_logs
     status = repo.loop("status")
     assert status.returncode == 0 and "1 kept" in status.stdout and "estimate" in status.stdout
+    assert "warm worker(s)" in status.stdout and "slot 1: pid" in status.stdout, status.stdout
 
 
 def test_neutral_simplification_is_kept_as_neutral(repo):
@@ -290,6 +291,38 @@ def test_edited_state_file_is_refused(repo):
     path.write_text(original)
     row = _judged(repo, "wrong after restore")
     assert row["verdict"] == "wrong"
+
+
+def test_stop_ends_the_keeper_and_drop_lets_start_reuse_the_tag(repo):
+
+    from harness.optimize.keeper import query
+
+    sock = repo.root / "results" / "loop" / "t" / "keeper.sock"
+    listing = query(sock)
+    assert listing is not None and listing["workers"], "a try left no warm kept workers"
+    pids = [listing["pid"], *(w["pid"] for w in listing["workers"])]
+    stopped = repo.loop("stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+    assert not sock.exists() and query(sock) is None
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert not any(alive(p) for p in pids), "the keeper or a worker outlived `loop stop`"
+    kept = _state(repo)["kept"]
+    dropped = repo.loop("drop", "tag=t")
+    assert dropped.returncode == 0, dropped.stderr
+    aside = [b.strip(" *") for b in repo.git("branch").splitlines() if "t-dropped-" in b]
+    assert len(aside) == 1 and repo.git("rev-parse", aside[0]) == kept  # nothing lost
+    assert (repo.root / "results" / "loop" / (aside[0].split("/")[1] + ".json")).exists()
+    repo.git("checkout", "-q", "main")
+    again = repo.loop("start", "tag=t", *TOY)
+    assert again.returncode == 0, again.stderr
+    assert repo.git("branch", "--show-current") == "autoresearch/t"
 
 
 # ---- the rule itself ---------------------------------------------------------------------------

@@ -249,6 +249,10 @@ class LoopConfig(DecisionConfig):
     tag: str = ""
     description: str = ""
     warm_kept: bool = True  # keep the kept commit's workers alive across tries
+    # the warm workers' resident memory, at most (0: half the memory available when the keeper
+    # starts); least recently used workers are closed to stay within it (and within half the
+    # device's memory on CUDA)
+    warm_memory_gb: float = field(default=0.0, metadata=rng(ge=0))
 
 
 @dataclass

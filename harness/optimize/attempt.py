@@ -254,6 +254,7 @@ class Attempt:
             "env": [list(e) for e in self.launch.env],
             "timeout_s": self.bench.top.bench.timeout_s,
             "logs": str(self.dir),
+            "memory_mb": self.loop.warm_memory_gb * 1024,
         }
         client = KeeperClient(self.state.dir / "keeper.sock", spec)
         return (lambda p: _as_kept(RemoteWorker, client, p)), (lambda w: None), client

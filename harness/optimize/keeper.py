@@ -6,7 +6,15 @@ judge over a Unix socket, one JSON request per line: ``{"slot": i, "op": ..., ..
 with the worker's reply — ``timed`` requests are timed here, from outside the worker, like
 :meth:`harness.optimize.workers.Worker.timed`. ``{"op": "hello", "spec": ...}`` checks that the
 keeper serves the judge's kept commit and settings (otherwise it restarts its workers for the
-new ones). It exits after ``idle_s`` without requests, or on ``{"op": "shutdown"}``.
+new ones). It exits after ``idle_s`` without requests, or on ``{"op": "shutdown"}``
+(``python -m harness.loop stop``); ``{"op": "workers"}`` lists its workers with their memory.
+
+Its pool is bounded by memory as well as by ``max_pairs``: before it starts a worker, it closes
+the least recently used ones until the pool's measured resident memory (worker and descendants,
+``VmRSS``) plus one more worker of the largest size seen fits ``spec["memory_mb"]`` (0: half the
+memory available when the keeper started), and likewise the device memory the driver accounts
+to them (``nvidia-smi``; half the first device's memory). A slot whose worker was closed gets a
+fresh one when next used.
 
 A try therefore pays worker start-up only for its candidates; the pairs still alternate which
 side started first in the session (the kept worker of slot i is reused, its candidate is new).
@@ -14,6 +22,7 @@ side started first in the session (the kept worker of slot i is reused, its cand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,6 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.optimize.memory import (
+    available_bytes,
+    device_memory_bytes,
+    device_total_bytes,
+    rss_bytes,
+)
 from harness.optimize.workers import Launch, Timing, Worker, WorkerFailed
 
 
@@ -30,14 +45,50 @@ class Keeper:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.workers: dict[int, Worker] = {}
+        self.used: dict[int, float] = {}  # slot -> monotonic time of its last request
+        self.host_budget = int(float(spec.get("memory_mb", 0)) * 2**20) or available_bytes() // 2
+        self.device_budget = device_total_bytes() // 2
+        self.evicted = 0
 
     def reset(self, spec: dict[str, Any]) -> None:
         self.close()
         self.spec = spec
 
+    def memory(self) -> dict[int, tuple[int, int]]:
+        """(resident, device) bytes of each live worker, by slot."""
+        device = device_memory_bytes()
+        return {
+            slot: (rss_bytes(w.proc.pid), device.get(w.proc.pid, 0))
+            for slot, w in self.workers.items()
+            if w.proc.poll() is None
+        }
+
+    def _make_room(self, slot: int) -> None:
+        """Close least recently used workers until one more fits both budgets."""
+        while True:
+            mem = {s: m for s, m in self.memory().items() if s != slot}
+            if not mem:
+                return
+            host, dev = (sum(m[i] for m in mem.values()) for i in (0, 1))
+            need_host, need_dev = (max(m[i] for m in mem.values()) for i in (0, 1))
+            fits_host = host + need_host <= self.host_budget
+            fits_dev = not dev or not self.device_budget or dev + need_dev <= self.device_budget
+            if fits_host and fits_dev:
+                return
+            victim = min(mem, key=lambda s: self.used.get(s, 0.0))
+            print(
+                f"keeper: closing slot {victim + 1}'s worker ({mem[victim][0] / 2**20:.0f} MB) "
+                f"to stay within {self.host_budget / 2**20:.0f} MB",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            self.workers.pop(victim).close()
+            self.evicted += 1
+
     def worker(self, slot: int) -> Worker:
+        self.used[slot] = time.monotonic()
         w = self.workers.get(slot)
         if w is None or w.proc.poll() is not None:
+            self._make_room(slot)
             s = self.spec
             launch = Launch(tuple(s["prefix"]), tuple(tuple(e) for e in s["env"]))
             log = Path(s["logs"]) / f"kept-{s['kept'][:8]}-slot{slot + 1}.log"
@@ -45,12 +96,36 @@ class Keeper:
             self.workers[slot] = w
         return w
 
+    def listing(self) -> dict[str, Any]:
+        """The ``workers`` reply: each live worker with its memory, and the budgets."""
+        now = time.monotonic()
+        return {
+            "event": "workers",
+            "pid": os.getpid(),
+            "kept": self.spec.get("kept", ""),
+            "host_budget": self.host_budget,
+            "device_budget": self.device_budget,
+            "evicted": self.evicted,
+            "workers": [
+                {
+                    "slot": s + 1,
+                    "pid": self.workers[s].proc.pid,
+                    "rss": r,
+                    "device": d,
+                    "idle_s": now - self.used.get(s, now),
+                }  # fmt: skip
+                for s, (r, d) in sorted(self.memory().items())
+            ],
+        }
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "hello":
             if req["spec"] != self.spec:
                 self.reset(req["spec"])
             return {"event": "hello", "pid": os.getpid()}
+        if op == "workers":
+            return self.listing()
         slot = int(req["slot"])
         if op == "start":
             started = slot not in self.workers
@@ -194,16 +269,46 @@ class KeeperClient:
         self.sock.close()
 
 
-def shutdown(path: Path) -> None:
-    """Stop the loop's keeper if one is running."""
+def query(path: Path) -> dict[str, Any] | None:
+    """The keeper's ``workers`` listing, or None when no keeper answers (none is started)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    try:
+        sock.connect(str(path))
+        with sock.makefile("rw") as stream:
+            stream.write('{"op": "workers"}\n')
+            stream.flush()
+            line = stream.readline()
+        return json.loads(line) if line else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+
+
+def shutdown(path: Path, wait_s: float = 30.0) -> bool:
+    """Stop the loop's keeper and its workers if one is running; True if one was. Waits up to
+    ``wait_s`` for it to go (it removes its socket last), then kills it."""
+    listing = query(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
         sock.sendall(b'{"op": "shutdown"}\n')
     except OSError:
-        pass
+        return False
     finally:
         sock.close()
+    deadline = time.monotonic() + wait_s
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if path.exists() and listing:  # stuck: end it and its workers' process groups
+        import signal
+
+        for pid in [listing["pid"], *(w["pid"] for w in listing["workers"])]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL) if pid != listing["pid"] else os.kill(pid, 9)
+        path.unlink(missing_ok=True)
+    return True
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python -m harness.loop start tag=nov22 [overrides...]   # branch autoresearch/nov22 + baselines
     python -m harness.loop try -d "fuse spline lookup" [--neutral]
     python -m harness.loop status [tag=nov22] [--measure]
+    python -m harness.loop stop [tag=nov22]      # end the loop's keeper and its warm workers
+    python -m harness.loop drop tag=nov22        # set the loop aside; start can reuse the tag
 
 ``start`` freezes everything that defines the task and the judgement (see
 :mod:`harness.optimize.state`), stores the loop's own baselines (the benchmark input and a
@@ -25,13 +27,13 @@ from harness.core.errors import UserError, report_user_errors
 BRANCH_PREFIX = "autoresearch/"
 USAGE = (
     "usage: python -m harness.loop start tag=T [overrides...] | try -d DESCRIPTION [tag=T] "
-    "[--neutral] | status [tag=T] [--measure]"
+    "[--neutral] | status [tag=T] [--measure] | stop [tag=T] | drop tag=T"
 )
 
 
 def parse_args(argv: list[str]) -> tuple[str, dict[str, Any], list[str]]:
     """Split argv into the subcommand, loop options and (for start) Hydra overrides."""
-    if not argv or argv[0] not in ("start", "try", "status"):
+    if not argv or argv[0] not in ("start", "try", "status", "stop", "drop"):
         raise UserError(USAGE)
     command, opts, rest = argv[0], {}, []
     args = iter(argv[1:])
@@ -217,6 +219,9 @@ def status(tag: str | None, measure: bool = False) -> None:
         f"{n} attempts, {kept} kept; speedup over base: estimate {estimate:.3f}x (the product of "
         "the kept attempts' gains; `loop status --measure` measures it)"
     )
+    from harness.optimize.lifecycle import keeper_lines
+
+    print("\n".join(keeper_lines(Path(state.frozen["results"]), tag)))
     if measure:
         from harness.optimize.compare import main as compare_main
 
@@ -231,6 +236,16 @@ def run(argv: list[str]) -> None:
         start(opts.get("tag", ""), rest)
     elif command == "try":
         try_head(opts.get("tag"), opts.get("description", ""), rest, opts.get("neutral", False))
+    elif command in ("stop", "drop"):
+        from harness.optimize import lifecycle
+
+        if rest:
+            raise UserError(f"loop {command}: unknown arguments {rest}; {USAGE}")
+        repo = _repo()
+        if command == "drop":
+            lifecycle.drop(repo, lifecycle.require_tag(opts.get("tag", "")))
+        else:
+            lifecycle.stop(repo, opts.get("tag") or _tag_from_branch(repo))
     else:
         if rest:
             raise UserError(f"loop status: unknown arguments {rest}; {USAGE}")

@@ -71,13 +71,9 @@ def cpu_ns(pid: int) -> int | None:
     return total
 
 
-def tree_cpu_ns(pid: int) -> tuple[int, int] | None:
-    """:func:`cpu_ns` of ``pid``, and that plus its live descendants' (a data loader's
-    workers); None where /proc has no schedstat."""
-    own = cpu_ns(pid)
-    if own is None:
-        return None
-    total, todo, seen = own, [pid], {pid}
+def descendants(pid: int) -> list[int]:
+    """The live descendants of ``pid`` (a data loader's workers, say), from /proc."""
+    found, todo, seen = [], [pid], {pid}
     while todo:
         parent = todo.pop()
         try:
@@ -94,8 +90,17 @@ def tree_cpu_ns(pid: int) -> tuple[int, int] | None:
                 if kid not in seen:
                     seen.add(kid)
                     todo.append(kid)
-                    total += cpu_ns(kid) or 0
-    return own, total
+                    found.append(kid)
+    return found
+
+
+def tree_cpu_ns(pid: int) -> tuple[int, int] | None:
+    """:func:`cpu_ns` of ``pid``, and that plus its live descendants' (a data loader's
+    workers); None where /proc has no schedstat."""
+    own = cpu_ns(pid)
+    if own is None:
+        return None
+    return own, own + sum(cpu_ns(kid) or 0 for kid in descendants(pid))
 
 
 class Worker:
