@@ -39,9 +39,12 @@ def test_least_recently_used_workers_are_closed_to_fit(monkeypatch):
     monkeypatch.setattr(
         Keeper, "memory", lambda self: {s: sizes[s] for s in self.workers if s in sizes}
     )
-    keeper._make_room(3)  # 900 MB + one more of 300 MB > 1000 MB: two must go
-    assert workers[1].closed and workers[2].closed and not workers[0].closed
-    assert set(keeper.workers) == {0} and keeper.evicted == 2
+    keeper._make_room(3)  # 900 MB + one more of 300 MB > 1000 MB: the LRU one goes
+    assert workers[1].closed and not workers[0].closed and not workers[2].closed
+    assert set(keeper.workers) == {0, 2} and keeper.evicted == 1
+    sizes.update({0: (400 * mb, 0), 2: (400 * mb, 0)})  # they grew: 800 + 400 > 1000
+    keeper._make_room(3)
+    assert workers[2].closed and not workers[0].closed and keeper.evicted == 2
     keeper._make_room(0)  # the slot being started does not count against itself
     assert set(keeper.workers) == {0}
 
