@@ -47,8 +47,9 @@ def resolve(
 
     ``autocast`` is the validated choice (``harness.config.validate.autocast_choice``)."""
     device = resolve_device(hw)
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
+    from harness.bench.threads import apply_budget
+
+    pools = apply_budget(hw.threads)
     dtype_name = method_dtype if hw.dtype == "auto" else hw.dtype
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = hw.tf32
@@ -62,4 +63,5 @@ def resolve(
         cache_dir=cache_dir,
         seed=seed,
         autocast=autocast,
+        pools=tuple(sorted(pools.items())),
     )

@@ -26,6 +26,7 @@ class Runtime:
         seed: the benchmark seed.
         autocast: ``bf16`` / ``fp16`` autocast chosen for this run (None: off); methods that
             declare support wrap their forward passes in :meth:`autocast_context`.
+        pools: the size of every thread pool in force (``harness.bench.threads``).
     """
 
     device: torch.device
@@ -36,6 +37,7 @@ class Runtime:
     cache_dir: Path
     seed: int = 0
     autocast: str | None = None
+    pools: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_cuda(self) -> bool:

@@ -143,7 +143,9 @@ class HardwareConfig:
     autocast: str | None = field(default=None, metadata=rng(choices=list(AUTOCASTS)))
     compile: bool = False
     tf32: bool = False
-    threads: int = field(default=0, metadata=rng(ge=0))  # 0: leave torch's default
+    # every thread pool's size (torch, BLAS/OpenMP, numba); 0: the CPUs this process may use
+    # (affinity and cgroup quota: what taskset/SLURM gave it), harness.bench.threads
+    threads: int = field(default=0, metadata=rng(ge=0))
     # regex the CUDA device name must match (None: any)
     gpu_pattern: str | None = None
 
