@@ -161,3 +161,23 @@ def test_work_hooks_called_by_editable_code_are_refused(trainer):
 
     with _patched(glue, "train", calling), pytest.raises(Tampered, match="called from"):
         _run(ready)
+
+
+def test_cellbender_posterior_with_fewer_draws_is_wrong():
+    """A quarter of the posterior's Monte Carlo draws lands within the denoised tolerance (pure
+    sampling noise); the decoder passes of the posterior are counted, so it is ``wrong``."""
+    from harness.api import prepared
+
+    ready = prepared(["method=cellbender", "hardware=cpu", "hardware.threads=1", *TINY["cellbender"]])  # fmt: skip
+    _, _, reference = _run(ready)
+    assert reference.work["posterior_decoder"] > 0, reference.work
+    glue = sys.modules[type(ready.method).__module__]
+    full = glue.noise_posterior
+
+    def quarter(model: Any, staged: Any, cells: Any, n_samples: int, *args: Any, **kw: Any) -> Any:
+        return full(model, staged, cells, max(1, n_samples // 4), *args, **kw)
+
+    with _patched(glue, "noise_posterior", quarter):
+        _, _, got = _run(ready)
+    tier, metrics = _verdict(ready, got, reference)
+    assert tier == "wrong" and "work_posterior_decoder" in metrics, metrics

@@ -71,7 +71,8 @@ class WorkCounter:
     skipped while ``step()`` is still called shows here); ``watch_parameters(module)`` counts,
     at :meth:`close`, the trainable parameter tensors whose values moved (a frozen one shows);
     ``watch_forward(module)`` counts training-mode forward calls, the samples and the elements
-    (tokens) they saw; ``watch_modules(module, cls)`` counts active calls of submodules of a
+    (tokens) they saw; ``watch_inference(module, name)`` the same of eval-mode calls (posterior
+    draws); ``watch_modules(module, cls)`` counts active calls of submodules of a
     type (e.g. dropout in training mode). Hooks are removed by :meth:`close`.
 
     Only these hooks can count, and only when torch calls them: a count booked from anywhere
@@ -139,6 +140,18 @@ class WorkCounter:
             if mod.training and args and hasattr(args[0], "shape"):
                 self._add(f"{name}_forward_calls")
                 self._add(name, int(args[0].shape[0]))
+                self._add(f"{name}_elements", int(args[0].numel()))
+
+        self._handles.append(module.register_forward_pre_hook(hook))
+
+    def watch_inference(self, module: Any, name: str) -> None:
+        """Count the rows and elements of the first input of ``module``'s eval-mode forward
+        calls (not the calls: how they are batched is the candidate's to choose): the passes of a posterior or a prediction, which the outputs may not show
+        (fewer Monte Carlo draws averaged, say)."""
+
+        def hook(mod: Any, args: tuple[Any, ...]) -> None:
+            if not mod.training and args and hasattr(args[0], "shape"):
+                self._add(name, int(args[0].shape[0]))  # not the calls: batching is free
                 self._add(f"{name}_elements", int(args[0].numel()))
 
         self._handles.append(module.register_forward_pre_hook(hook))

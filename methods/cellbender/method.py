@@ -187,6 +187,9 @@ class CellBender:
             c.test_every, ctx.view(), self._log,
         )  # fmt: skip
         t1 = time.perf_counter()
+        # the posterior's work: one decoder pass per droplet (MAP latents), then one per cell
+        # and draw — fewer draws averaged would otherwise be close to the full posterior
+        ctx.work.watch_inference(model.decoder, "posterior_decoder")
         n = state.analysed.size
         lat = map_latents(model, state.staged, n)
         cells = np.flatnonzero(lat.p > 0.5)
