@@ -137,6 +137,34 @@ def reset_peak_memory(runtime: Runtime) -> None:
         torch.cuda.reset_peak_memory_stats(runtime.device)
 
 
+def warm_up(
+    run: Callable[[RunContext], Any],
+    runtime: Runtime,
+    m: Measurement,
+    warmup: int,
+    warmup_steps: int,
+    digest: Callable[[dict[str, Any]], str],
+    reporter: Reporter | None = None,
+    warm_run: Callable[[RunContext], Any] | None = None,
+) -> None:
+    """The untimed warm-ups of ``m.timing`` (module doc), recorded in ``m``: ``warmup`` runs
+    (``repeat``) or one run of ``warmup_steps`` steps (``train``). The benchmark and the loop's
+    worker both warm up through this function."""
+    n_warm = warmup if m.timing == "repeat" else 1
+    for i in range(n_warm):
+        steps = warmup_steps if m.timing == "train" else None
+        ctx = RunContext(warmup=True, max_steps=steps, synchronize=runtime.synchronize)
+        seconds, _, res = timed_call(warm_run or run, runtime, ctx)
+        m.warmup_s.append(seconds)
+        # a trainer's warm-up trains a few steps, a drawn input is another input: neither
+        # output is the task's
+        m.warmup_hashes.append(
+            digest(res.outputs) if m.timing == "repeat" and warm_run is None else "-"
+        )
+        if reporter is not None:
+            reporter.run_done("warmup", i + 1, n_warm, seconds, m.warmup_hashes[-1])
+
+
 def measure(
     run: Callable[[RunContext], Any],
     runtime: Runtime,
@@ -164,17 +192,7 @@ def measure(
     reporter.start_runs(n_warm + n_timed, "benchmark")
     sync = runtime.synchronize
     try:
-        for i in range(n_warm):
-            steps = warmup_steps if timing == "train" else None
-            ctx = RunContext(warmup=True, max_steps=steps, synchronize=sync)
-            seconds, _, res = timed_call(warm_run or run, runtime, ctx)
-            m.warmup_s.append(seconds)
-            # a trainer's warm-up trains a few steps, a drawn input is another input: neither
-            # output is the task's
-            m.warmup_hashes.append(
-                digest(res.outputs) if timing == "repeat" and warm_run is None else "-"
-            )
-            reporter.run_done("warmup", i + 1, n_warm, seconds, m.warmup_hashes[-1])
+        warm_up(run, runtime, m, warmup, warmup_steps, digest, reporter, warm_run)
         warm_done()
         reset_peak_memory(runtime)
         for i in range(n_timed):

@@ -56,7 +56,7 @@ class Server:
 
     def __init__(self, overrides: list[str]) -> None:
         from harness.bench.contract import RunContext
-        from harness.bench.protocol import Measurement, reset_peak_memory, timed_call
+        from harness.bench.protocol import Measurement, reset_peak_memory, warm_up
         from harness.bench.runner import Benchmark
         from harness.bench.seal import Seal, project_root
         from harness.config.compose import compose_checked
@@ -72,14 +72,9 @@ class Server:
         gc.collect()
         gc.freeze()  # see harness.bench.protocol.measure
         top = self.bench.top
-        n_warm = top.bench.warmup if self.timing == "repeat" else 1
-        for _ in range(n_warm):
-            steps = top.bench.warmup_steps if self.timing == "train" else None
-            ctx = RunContext(warmup=True, max_steps=steps, synchronize=self.rt.synchronize)
-            seconds, _, res = timed_call(self._run, self.rt, ctx)
-            self.m.warmup_s.append(seconds)
-            if self.timing == "repeat":
-                self.m.warmup_hashes.append(self.bench.digest(res.outputs))
+        # the benchmark's own warm-up (harness.bench.protocol), on the start-up input
+        warm_up(self._run, self.rt, self.m, top.bench.warmup, top.bench.warmup_steps,
+                self.bench.digest)  # fmt: skip
         reset_peak_memory(self.rt)
         self.last: Any = None  # the last run's raw result (device outputs)
         self._context = RunContext
@@ -147,27 +142,13 @@ class Server:
         return {"event": "prepared", "elapsed": time.perf_counter() - t0}
 
     def time(self) -> dict[str, Any]:
-        from harness.bench.contract import as_result
-        from harness.bench.protocol import host_copy
+        """One run through the benchmark's own timed call (``harness.bench.protocol``): the
+        outputs are copied to the host inside the timed region, and a counter booked from
+        outside its hooks raises ``Tampered``."""
+        from harness.bench.protocol import timed_call
 
         ctx = self._context(synchronize=self.rt.synchronize)
-        self.rt.synchronize()
-        t0 = time.perf_counter()
-        try:
-            out = self._run(ctx)
-            self.rt.synchronize()
-            # copied to the host inside the timed region: nothing that outlives the run (a
-            # thread, a side stream, a lazy array) can still finish the outputs afterwards
-            result = host_copy(as_result(out))
-        finally:
-            ctx.work.close()
-        seconds = time.perf_counter() - t0
-        if ctx.work.tampered:
-            from harness.bench.protocol import Tampered
-
-            raise Tampered(ctx.work.tampered)
-        result.work = ctx.work.counts
-        self.last = result
+        seconds, _, self.last = timed_call(self._run, self.rt, ctx)
         return {"event": "timed", "elapsed": seconds}
 
     def save(self, path: str) -> dict[str, Any]:
