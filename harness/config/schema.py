@@ -241,6 +241,12 @@ class DecisionConfig:
     # kernel's CPU time of the worker. Measured here: CPU time = wall time ± 0.3%, with the same
     # run-to-run noise, so wall (which also sees waiting and parallelism) is the default.
     clock: str = field(default="wall", metadata=rng(choices=["wall", "cpu"]))
+    # a timed round in which either side's threads waited runnable for a CPU longer than this
+    # share of its wall time (the kernel's run-queue wait: a busy neighbour took the CPU) is run
+    # again on a fresh input and not counted, at most max_reruns times per pair (the decision
+    # line says how many); 1 turns it off
+    disturbed: float = field(default=0.1, metadata=rng(gt=0, le=1))
+    max_reruns: int = field(default=4, metadata=rng(ge=0))
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 

@@ -320,7 +320,8 @@ class Attempt:
             prepared_run(cand, inp)
             inp.remove()
             session.startup_s += time.monotonic() - t0
-        for r in range(self.loop.rounds):
+        r = 0
+        while r < self.loop.rounds:
             draw = fresh_draw()
             self.details["draws"].append(draw)
             t0 = time.monotonic()
@@ -330,17 +331,22 @@ class Attempt:
             session.inputs_s += time.monotonic() - t0
             t0 = time.monotonic()
             if (p + r) % 2 == 0:
-                log.kept.append(_as_kept(prepared_run, kept, inp))
-                log.candidate.append(prepared_run(cand, inp))
+                k = _as_kept(prepared_run, kept, inp)
+                c = prepared_run(cand, inp)
             else:
-                log.candidate.append(prepared_run(cand, inp))
-                log.kept.append(_as_kept(prepared_run, kept, inp))
+                c = prepared_run(cand, inp)
+                k = _as_kept(prepared_run, kept, inp)
             session.runs_s += time.monotonic() - t0
             inp.remove()
             ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
             self._judge(
                 self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
             )
+            if session.disturbed((k, c), self.loop.disturbed, self.loop.max_reruns):
+                continue  # a busy neighbour took the CPU: not counted, another fresh input
+            log.kept.append(k)
+            log.candidate.append(c)
+            r += 1
         self.details.setdefault("interference", []).append(round(interference(log), 3))
         return log
 

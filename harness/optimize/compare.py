@@ -123,7 +123,8 @@ def run(argv: list[str]) -> int:
             for w in (a, b):
                 timed(w, inp)
             session.startup_s += time.monotonic() - t0
-        for r in range(cmp.rounds):
+        r = 0
+        while r < cmp.rounds:
             t0 = time.monotonic()
             inp = new_input() if fresh else None
             session.inputs_s += time.monotonic() - t0
@@ -132,8 +133,10 @@ def run(argv: list[str]) -> int:
             first, second = (a, b) if a_first else (b, a)
             x, y = timed(first, inp), timed(second, inp)
             session.runs_s += time.monotonic() - t0
-            log.kept.append(x if a_first else y)
-            log.candidate.append(y if a_first else x)
+            if not session.disturbed((x, y), cmp.disturbed, cmp.max_reruns):
+                log.kept.append(x if a_first else y)
+                log.candidate.append(y if a_first else x)
+                r += 1
             if fresh:
                 digests = [
                     _digest_of(w, scratch / f"{side}.npz", digest)

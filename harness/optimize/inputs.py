@@ -48,10 +48,4 @@ def write_input(dataset: Any, fields: dict[str, Any], directory: Path) -> InputF
 def prepared_run(worker: Any, inp: InputFile) -> Timing:
     """Read, check and prepare ``inp``, then run it — both requests timed from outside."""
     a = worker.timed("prepare", path=str(inp.path), sha256=inp.sha256)
-    b = worker.timed("time")
-    return Timing(
-        wall=a.wall + b.wall,
-        cpu=a.cpu + b.cpu,
-        reported=a.reported + b.reported,
-        foreign=a.foreign + b.foreign,
-    )
+    return a + worker.timed("time")

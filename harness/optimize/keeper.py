@@ -147,6 +147,7 @@ class Keeper:
                 "cpu": t.cpu,
                 "reported": t.reported,
                 "foreign": t.foreign,
+                "waited": t.waited,
             }
         args = {k: v for k, v in req.items() if k not in ("op", "slot")}
         return w.request(op, **args)
@@ -210,6 +211,7 @@ class RemoteWorker:
             cpu=r["cpu"],
             reported=r.get("reported", float("nan")),
             foreign=r.get("foreign", float("nan")),
+            waited=r.get("waited", float("nan")),
         )
 
     def close(self) -> None:  # the worker stays warm in the keeper

@@ -143,8 +143,7 @@ def try_head(tag: str | None, description: str, rest: list[str], neutral: bool =
         state.kept = head
     state.save()
     line = f"loop {tag}: {status.upper()} {head[:12]} verdict {entry['verdict'] or '-'} - {attempt.reason}"
-    if attempt.session.seconds > 90:
-        line += f" [slow try: {attempt.session.breakdown()}]"
+    line += f" [{attempt.session.breakdown()}]"  # where the time went, re-runs included
     print(line, flush=True)
     return status
 

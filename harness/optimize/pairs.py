@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.optimize.decide import Decision, Rule, decide
-from harness.optimize.workers import PairLog, Worker
+from harness.optimize.workers import PairLog, Timing, Worker
 
 Start = Callable[[int], Worker]
 Release = Callable[[Worker], None]
@@ -35,6 +35,8 @@ class Session:
     startup_s: float = 0.0
     inputs_s: float = 0.0
     runs_s: float = 0.0
+    reruns: int = 0  # timed rounds run again because a busy neighbour disturbed them
+    reruns_this_pair: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -44,9 +46,22 @@ class Session:
     def breakdown(self) -> str:
         other = max(0.0, self.seconds - self.startup_s - self.inputs_s - self.runs_s)
         return (
-            f"{self.seconds:.0f} s: worker start-up {self.startup_s:.0f} s, inputs "
+            f"{self.seconds:.0f} s: worker start-up {self.startup_s:.0f} s "
+            f"({self.startup_s / max(self.seconds, 1e-9):.0%}), inputs "
             f"{self.inputs_s:.0f} s, timed runs {self.runs_s:.0f} s, other {other:.0f} s"
+            + (f"; {self.reruns} disturbed round(s) run again" if self.reruns else "")
         )
+
+    def disturbed(self, timings: tuple[Timing, ...], limit: float, max_reruns: int) -> bool:
+        """Whether this round must be run again: a side waited for a CPU longer than ``limit``
+        of its wall time, and the pair has re-runs left (``loop.disturbed``, ``max_reruns``)."""
+        if limit >= 1 or self.reruns_this_pair >= max_reruns:
+            return False
+        if any(t.disturbed > limit for t in timings):  # NaN (no schedstat): never
+            self.reruns += 1
+            self.reruns_this_pair += 1
+            return True
+        return False
 
 
 def fresh_draw() -> int:
@@ -77,6 +92,7 @@ def run_pairs(
                 cand = start_cand(p)
                 ref = start_ref(p)
             session.startup_s += time.monotonic() - t0
+            session.reruns_this_pair = 0
             session.pairs.append(play(p, ref, cand, session))
         finally:
             if cand is not None:

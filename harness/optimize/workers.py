@@ -58,17 +58,27 @@ def system_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds of CPU time the kernel accounted to all threads of ``pid`` (None where
+def sched_ns(pid: int) -> tuple[int, int] | None:
+    """Nanoseconds all threads of ``pid`` ran on a CPU, and waited runnable for one (the run
+    queue: time a busy neighbour took from them), as the kernel accounts them (None where
     /proc has no schedstat)."""
-    total = 0
+    run = wait = 0
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
-                total += int(fh.read().split()[0])
+                fields = fh.read().split()
+            run += int(fields[0])
+            wait += int(fields[1])
     except (OSError, ValueError, IndexError):
         return None
-    return total
+    return run, wait
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds of CPU time the kernel accounted to all threads of ``pid`` (None where
+    /proc has no schedstat)."""
+    got = sched_ns(pid)
+    return None if got is None else got[0]
 
 
 def descendants(pid: int) -> list[int]:
@@ -94,13 +104,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_ns(pid: int) -> tuple[int, int] | None:
-    """:func:`cpu_ns` of ``pid``, and that plus its live descendants' (a data loader's
-    workers); None where /proc has no schedstat."""
-    own = cpu_ns(pid)
+def tree_cpu_ns(pid: int) -> tuple[int, int, int] | None:
+    """:func:`cpu_ns` of ``pid``; that plus its live descendants' (a data loader's workers);
+    and the nanoseconds they all waited runnable for a CPU. None where /proc has no
+    schedstat."""
+    own = sched_ns(pid)
     if own is None:
         return None
-    return own, own + sum(cpu_ns(kid) or 0 for kid in descendants(pid))
+    run, wait = own
+    for kid in descendants(pid):
+        got = sched_ns(kid) or (0, 0)
+        run, wait = run + got[0], wait + got[1]
+    return own[0], run, wait
 
 
 class Worker:
@@ -223,14 +238,15 @@ class Worker:
         b1 = system_busy_s()
         after = tree_cpu_ns(self.proc.pid)
         if before is None or after is None:
-            cpu = tree = float("nan")
+            cpu = tree = waited = float("nan")
         else:
-            cpu, tree = ((a - b) / 1e9 for a, b in zip(after, before, strict=True))
+            cpu, tree, waited = ((a - b) / 1e9 for a, b in zip(after, before, strict=True))
         return Timing(
             wall=wall,
             cpu=cpu,
             reported=float(reply.get("elapsed", float("nan"))),
             foreign=max(0.0, (b1 - b0) - tree),
+            waited=waited,
         )
 
     def kill(self) -> None:
@@ -258,12 +274,24 @@ class Worker:
 class Timing:
     """One timed run as the judge measured it (``reported``: the worker's own figure;
     ``foreign``: CPU seconds the rest of the machine — all but the worker and its descendants —
-    was busy meanwhile)."""
+    was busy meanwhile; ``waited``: seconds the worker's threads waited runnable for a CPU)."""
 
     wall: float
     cpu: float
     reported: float = float("nan")
     foreign: float = float("nan")
+    waited: float = float("nan")
+
+    @property
+    def disturbed(self) -> float:
+        """The share of the wall time the worker's threads spent waiting for a CPU (0 on a
+        quiet machine; NaN where the kernel does not say)."""
+        return self.waited / self.wall if self.wall > 0 else float("nan")
+
+    def __add__(self, other: Timing) -> Timing:
+        """Two requests of one timed round, summed (prepare + run)."""
+        names = ("wall", "cpu", "reported", "foreign", "waited")
+        return Timing(*[getattr(self, f) + getattr(other, f) for f in names])
 
     def value(self, clock: str) -> float:
         return self.cpu if clock == "cpu" and self.cpu == self.cpu else self.wall
