@@ -38,13 +38,26 @@ def _overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return revs, overrides
 
 
-def _digest_of(worker: Any, path: Path, digest: Any) -> str:
-    """The hash of a worker's last outputs, computed here from the raw file it wrote."""
+def _saved(worker: Any, path: Path, digest: Any) -> Any:
+    """A worker's last outputs, read here from the raw file it wrote, hashed here."""
     from harness.bench import baseline
 
     worker.request("save", path=str(path))
     loaded = baseline.load(path, strict=True)
-    return digest(loaded.outputs) if loaded is not None else "MISSING"
+    if loaded is not None:
+        loaded.output_hash = digest(loaded.outputs)
+    return loaded
+
+
+def _tier(a: Any, b: Any, method: Any) -> str:
+    """B's outputs judged against A's as the loop judges a candidate: exact / close / wrong."""
+    from harness.bench.baseline import verdict
+    from harness.bench.contract import RunResult
+
+    if a is None or b is None:
+        return "missing"
+    result = RunResult(outputs=b.outputs, work=b.work)
+    return verdict(b.output_hash, result, a, method.compare)[0]
 
 
 def run(argv: list[str]) -> int:
@@ -90,7 +103,8 @@ def run(argv: list[str]) -> int:
     launch = launch_for(cmp.launch)
     logs = results / "compare"
     scratch = results / "compare" / "outputs"
-    agreement: dict[str, Any] = {"same": 0, "rounds": 0, "hashes": set()}
+    agreement: dict[str, Any] = {"same": 0, "rounds": 0, "tiers": {}}
+    judge: list[Any] = []  # the method's read-only tolerance check, built on first need
 
     def start(side: int) -> Any:
         def make(p: int) -> Worker:
@@ -138,13 +152,21 @@ def run(argv: list[str]) -> int:
                 log.candidate.append(y if a_first else x)
                 r += 1
             if fresh:
-                digests = [
-                    _digest_of(w, scratch / f"{side}.npz", digest)
+                out_a, out_b = (
+                    _saved(w, scratch / f"{side}.npz", digest)
                     for w, side in zip((a, b), "ab", strict=True)
-                ]
+                )
+                if not judge:
+                    from harness.bench.runner import Benchmark
+                    from harness.sinks.console import Reporter
+
+                    judge.append(
+                        Benchmark(cfg, valid, overrides, Reporter(sys.stderr, rich=False)).build()
+                    )
+                tier = _tier(out_a, out_b, judge[0])
                 agreement["rounds"] += 1
-                agreement["same"] += digests[0] == digests[1]
-                agreement["hashes"].update(digests)
+                agreement["same"] += tier == "exact"
+                agreement["tiers"][tier] = agreement["tiers"].get(tier, 0) + 1
         return log
 
     try:
@@ -161,10 +183,17 @@ def run(argv: list[str]) -> int:
     )
     print("B/A ratio per worker pair: " + "  ".join(f"{math.exp(d):.3f}" for d in ratios))
     if agreement["rounds"]:
-        print(
-            f"outputs: identical on {agreement['same']}/{agreement['rounds']} fresh inputs"
-            + ("" if agreement["same"] == agreement["rounds"] else " (hashes DIFFER)")
+        tiers = agreement["tiers"]
+        others = ", ".join(
+            f"{n} {t}" + (" (within the method's tolerance)" if t == "close" else "")
+            for t, n in sorted(tiers.items())
+            if t != "exact"
         )
+        print(
+            f"outputs of B vs A: identical on {agreement['same']}/{agreement['rounds']} fresh "
+            f"inputs" + (f"; {others}" if others else "")
+            + ("; B is WRONG on some inputs (outside the tolerance)" if "wrong" in tiers else "")
+        )  # fmt: skip
     if decision.stop == "futile":
         print(f"REGRESSION: B is credibly slower than A by more than {cmp.threshold:.0%}")
         return 1
