@@ -232,8 +232,9 @@ class Attempt:
         overrides = self._overrides(commit)
         suspend = role == "candidate"  # stopped between requests: see Worker
         return Worker(
-            checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch, suspend
-        )
+            checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch, suspend,
+            lazy=self.loop.warm_round,  # the warm round warms it: no start-up input or run
+        )  # fmt: skip
 
     def _kept_tree(self) -> Path:
         tree = self.results / "worktrees" / f"{self.state.tag}-kept"
@@ -255,6 +256,7 @@ class Attempt:
             "timeout_s": self.bench.top.bench.timeout_s,
             "logs": str(self.dir),
             "memory_mb": self.loop.warm_memory_gb * 1024,
+            "lazy": self.loop.warm_round,
         }
         client = KeeperClient(self.state.dir / "keeper.sock", spec)
         return (lambda p: _as_kept(RemoteWorker, client, p)), (lambda w: None), client
@@ -292,7 +294,12 @@ class Attempt:
 
     def gates(self, cand: Worker) -> None:
         """The candidate on the benchmark input and on the held-out check input."""
-        cand.request("time")
+        if cand.lazy:  # no start-up input: the benchmark input, loaded here, as a file
+            inp = write_input(self.valid.dataset, {}, self.scratch)
+            prepared_run(cand, inp)
+            inp.remove()
+        else:
+            cand.request("time")
         got = self._saved(cand, "benchmark")
         reference = baselines.load(self.state.baseline_path)
         assert reference is not None

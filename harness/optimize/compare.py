@@ -106,10 +106,13 @@ def run(argv: list[str]) -> int:
     agreement: dict[str, Any] = {"same": 0, "rounds": 0, "tiers": {}}
     judge: list[Any] = []  # the method's read-only tolerance check, built on first need
 
+    # workers start without an input when the warm round warms them on a drawn one
+    lazy = cmp.warm_round and valid.dataset.draw(1) is not None
+
     def start(side: int) -> Any:
         def make(p: int) -> Worker:
             log = logs / f"{'ab'[side]}-{shas[side][:8]}-{p + 1}.log"
-            return Worker(trees[side], common, log, top.bench.timeout_s, launch)
+            return Worker(trees[side], common, log, top.bench.timeout_s, launch, lazy=lazy)
 
         return make
 

@@ -92,7 +92,10 @@ class Keeper:
             s = self.spec
             launch = Launch(tuple(s["prefix"]), tuple(tuple(e) for e in s["env"]))
             log = Path(s["logs"]) / f"kept-{s['kept'][:8]}-slot{slot + 1}.log"
-            w = Worker(Path(s["tree"]), list(s["overrides"]), log, float(s["timeout_s"]), launch)
+            w = Worker(
+                Path(s["tree"]), list(s["overrides"]), log, float(s["timeout_s"]), launch,
+                lazy=bool(s.get("lazy", False)),
+            )  # fmt: skip
             self.workers[slot] = w
         return w
 

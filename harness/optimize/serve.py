@@ -19,6 +19,11 @@ Requests (v2, the optimization loop's judge):
   ``{"op": "save", "path": p}``  write the last run's raw outputs with the work counters to
                         ``p`` (npz, nothing that executes on load), collect garbage; reply: hash
                         (for information: the judge computes its own from the file), work
+Start-up (v5): with ``HARNESS_WORKER_LAZY=1`` in its environment the worker only composes the
+config, seals the read-only code and builds the method (its modules imported), then reports
+ready: no input is loaded or prepared and nothing runs until the first ``prepare`` — the loop's
+warm round is its warm-up. Workers of older commits ignore the variable and start as before.
+
 Requests (v4):
   ``{"op": "prepare", "path": p, "sha256": d}``  read the input the judge wrote to ``p`` (a
                         pickle, checked against its SHA-256 before it is loaded), then
@@ -43,7 +48,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-PROTOCOL = 4
+PROTOCOL = 5
+LAZY_ENV = "HARNESS_WORKER_LAZY"
 
 
 def _send(payload: dict[str, Any]) -> None:
@@ -54,7 +60,7 @@ def _send(payload: dict[str, Any]) -> None:
 class Server:
     """One prepared benchmark answering requests."""
 
-    def __init__(self, overrides: list[str]) -> None:
+    def __init__(self, overrides: list[str], lazy: bool = False) -> None:
         from harness.bench.contract import RunContext
         from harness.bench.protocol import Measurement, reset_peak_memory, warm_up
         from harness.bench.runner import Benchmark
@@ -66,20 +72,26 @@ class Server:
         self.bench = Benchmark(cfg, valid, overrides, Reporter(stream=sys.stderr, rich=False))
         # before the method (and its editable modules) is imported: see harness.bench.seal
         self.seal = Seal.for_files(project_root(), valid.method.readonly)
-        self.method, self.data, self.state = self.bench.setup()
+        self.lazy = lazy
+        if lazy:  # no input until the first prepare request (module doc)
+            self.method, self.data, self.state = self.bench.build(), None, None
+        else:
+            self.method, self.data, self.state = self.bench.setup()
         self.timing, self.rt = self.bench.spec.TIMING, self.bench.runtime
         self.m = Measurement(timing=self.timing)
         gc.collect()
         gc.freeze()  # see harness.bench.protocol.measure
         top = self.bench.top
-        # the benchmark's own warm-up (harness.bench.protocol), on the start-up input
-        warm_up(self._run, self.rt, self.m, top.bench.warmup, top.bench.warmup_steps,
-                self.bench.digest)  # fmt: skip
+        if not lazy:  # the benchmark's own warm-up (harness.bench.protocol), start-up input
+            warm_up(self._run, self.rt, self.m, top.bench.warmup, top.bench.warmup_steps,
+                    self.bench.digest)  # fmt: skip
         reset_peak_memory(self.rt)
         self.last: Any = None  # the last run's raw result (device outputs)
         self._context = RunContext
 
     def _run(self, ctx: Any) -> Any:
+        if self.state is None:
+            raise RuntimeError("no input prepared yet: a lazy worker's first request is prepare")
         return self.method.run(self.state, ctx)
 
     # ---- v1 ----------------------------------------------------------------------------
@@ -170,7 +182,9 @@ class Server:
 
 def serve(overrides: list[str]) -> None:
     """Set up one benchmark and serve requests until told to quit."""
-    server = Server(overrides)
+    import os
+
+    server = Server(overrides, lazy=os.environ.get(LAZY_ENV) == "1")
     bench = server.bench
     _send(
         {
@@ -179,6 +193,7 @@ def serve(overrides: list[str]) -> None:
             "commit": bench.env["commit"],
             "warmup_s": server.m.warmup_s,
             "timing": server.timing,
+            "lazy": server.lazy,
         }
     )
     for line in sys.stdin:

@@ -130,10 +130,12 @@ class Worker:
         timeout_s: float,
         launch: Launch = Launch(),
         suspend: bool = False,
+        lazy: bool = False,
     ) -> None:
         """``suspend``: keep the worker's process group stopped (SIGSTOP) between requests, so
         nothing it started — a thread, a child process — runs while it is not being served
-        (while the other side is timed, in particular)."""
+        (while the other side is timed, in particular). ``lazy``: ask it to start without an
+        input (``harness.optimize.serve``, protocol 5); ``self.lazy`` says whether it did."""
         self.timeout_s = timeout_s
         self.suspend = suspend
         self.log_path = log_path
@@ -142,6 +144,8 @@ class Worker:
         from harness.optimize.isolation import isolated_command
 
         env = {**os.environ, **dict(launch.env)}
+        if lazy:
+            env["HARNESS_WORKER_LAZY"] = "1"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             launch.command(isolated_command(checkout, "harness.worker", overrides)),
@@ -159,6 +163,7 @@ class Worker:
         self._pause()
         self.startup_s = time.monotonic() - self.started
         self.protocol = int(self.ready.get("protocol", 1))
+        self.lazy = bool(self.ready.get("lazy", False))
 
     def _log_tail(self, n: int = 40) -> str:
         self._log.flush()
