@@ -73,7 +73,7 @@ def _rctd(pack: Pack, row: Row, cap_gb: float | None, found: dict) -> None:
     from methods.rctd import method as rctd_method
     from methods.rctd.solver import tile_elems
 
-    extra = ["method.batch_size=auto"] + ([f"method.memory_gb={cap_gb:.6f}"] if cap_gb else [])
+    extra = ["method.batch_size=auto"] + ([f"method.memory_gb={cap_gb:.9f}"] if cap_gb else [])
     calls: list[dict] = []
     free = {}
 
@@ -125,9 +125,8 @@ def check_memory(pack: Pack) -> list[Row]:
         if not found:
             raise RuntimeError("the auto run failed")
         f = dict(found)
-        room = memory.fixed_bytes(f["tile"], f["itemsize"]) + (f["n"] // 4) * memory.row_bytes(
-            f["g"], f["k"], f["itemsize"]
-        )
+        row_b = memory.row_bytes(f["g"], f["k"], f["itemsize"])  # + half a row: no round-off
+        room = memory.fixed_bytes(f["tile"], f["itemsize"]) + (f["n"] // 4 + 0.5) * row_b
         _rctd(pack, row, room / memory.FRACTION / 2**30, found)
         same = found["hash"] == f["hash"]
         row.figures["same_hash"] = same
