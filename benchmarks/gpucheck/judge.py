@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,14 +41,14 @@ def _git(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def planted_commit(fraction: float) -> str:
-    """A commit on top of HEAD whose RCTD run is ``fraction`` slower (module doc)."""
+    """A commit on top of HEAD whose RCTD solver sleeps ``fraction`` of its own time."""
     source = _git("show", f"HEAD:{PLANTED_FILE}")
     if source.count("def solve_irwls(") != 1:
         raise RuntimeError(f"{PLANTED_FILE}: no single solve_irwls to plant a slowdown in")
     source = source.replace("def solve_irwls(", "def _unplanted_solve_irwls(")
     source += PLANT.format(fraction=fraction)
     with tempfile.TemporaryDirectory() as tmp:
-        blob_file = Path(tmp) / "method.py"
+        blob_file = Path(tmp) / "solver.py"
         blob_file.write_text(source)
         blob = _git("hash-object", "-w", str(blob_file))
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -75,23 +76,15 @@ def compare(pack: Pack, rev_b: str, label: str) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"harness.compare exited {proc.returncode}: {tail[0][:200]}")
     logs = [math.log(float(r)) for r in ratios.group(1).split()]
-    sd = statistics_sd(logs)
+    sd = statistics.stdev(logs) if len(logs) > 1 else None
     return {
         "exit": proc.returncode,
         "speedup": float(speed.group(1)),
         "interval": f"[{speed.group(2)}, {speed.group(3)}]",
         "pairs": len(logs),
-        "pair_sd": round(sd, 4) if sd == sd else None,
+        "pair_sd": None if sd is None else round(sd, 4),
         "same_outputs": "identical on" in text and "DIFFER" not in text,
     }
-
-
-def statistics_sd(values: list[float]) -> float:
-    """The sample standard deviation (NaN for fewer than two values)."""
-    if len(values) < 2:
-        return float("nan")
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _remove_worktrees(pack: Pack) -> None:

@@ -56,12 +56,12 @@ def _judged(pack: Pack, args: list[str], bad: str, row: Row) -> None:
 
 
 def check_methods(pack: Pack, names: tuple[str, ...] = METHODS) -> tuple[list[Row], dict]:
-    """Check 1 (module doc); returns the rows and each method's device baseline run."""
+    """Check 1 (module doc); returns the rows and each method's baseline and rerun runs."""
     rows: list[Row] = []
-    baselines: dict[str, Run] = {}
+    done: dict[str, dict[str, Run]] = {}
     for name in names:
         base_args = [f"method={name}", *pack.sizes.run[name]]
-        runs: dict[str, Run] = {}
+        runs = done[name] = {}
 
         def baseline(row: Row, args: list[str] = base_args, runs: dict = runs) -> None:
             runs["base"] = base = run_bench(pack, [*args, "bench.baseline=save"])
@@ -74,10 +74,12 @@ def check_methods(pack: Pack, names: tuple[str, ...] = METHODS) -> tuple[list[Ro
         guarded(pack, rows, Row("methods", name, "baseline", pack.device), baseline)
         if "base" not in runs:
             continue
-        base = baselines[name] = runs["base"]
+        base = runs["base"]
 
-        def rerun(row: Row, args: list[str] = base_args, base: Run = base) -> None:
-            again = run_bench(pack, [*args, "bench.baseline=compare"])
+        def rerun(
+            row: Row, args: list[str] = base_args, base: Run = base, runs: dict = runs
+        ) -> None:
+            again = runs["rerun"] = run_bench(pack, [*args, "bench.baseline=compare"])
             row.figures.update(again.figures())
             stable, row.note = _stability(base.bench.spec, base, again)
             row.figures["stable"] = stable
@@ -87,13 +89,15 @@ def check_methods(pack: Pack, names: tuple[str, ...] = METHODS) -> tuple[list[Ro
         for variant, extra, bad in _variants(pack, base):
             judge = functools.partial(_judged, pack, [*base_args, *extra], bad)
             guarded(pack, rows, Row("methods", name, variant, pack.device), judge)
-    return rows, baselines
+    return rows, done
 
 
 def check_agreement(
-    pack: Pack, baselines: dict[str, Run], names: tuple[str, ...] = METHODS
+    pack: Pack, done: dict[str, dict[str, Run]], names: tuple[str, ...] = METHODS
 ) -> list[Row]:
-    """Check 2 (module doc): the device's outputs are the reference, the CPU's are judged."""
+    """Check 2 (module doc): the device's outputs are the reference, the CPU's are judged.
+    Where check 1 ran the same input, its baseline is the device side; and where the device
+    is the CPU (``--device cpu``), its rerun is the CPU side."""
     from harness.bench import baseline as bl
 
     rows: list[Row] = []
@@ -101,9 +105,10 @@ def check_agreement(
         args = [f"method={name}", *pack.sizes.agree[name], "bench.baseline=off"]
 
         def agree(row: Row, name: str = name, args: list[str] = args) -> None:
-            same = pack.sizes.agree[name] == pack.sizes.run[name] and name in baselines
-            dev = baselines[name] if same else run_bench(pack, args)
-            cpu = run_bench(pack, args, hardware="cpu")
+            prior = done.get(name, {}) if pack.sizes.agree[name] == pack.sizes.run[name] else {}
+            dev = prior["base"] if "base" in prior else run_bench(pack, args)
+            reuse = pack.device == "cpu" and "rerun" in prior
+            cpu = prior["rerun"] if reuse else run_bench(pack, args, hardware="cpu")
             ref = bl.Baseline(dev.outcome.output_hash, dev.m.outputs, {}, dev.m.result.work)
             verdict, metrics = bl.verdict(
                 cpu.outcome.output_hash, cpu.m.result, ref, dev.method.compare
