@@ -33,13 +33,13 @@ class Pack:
     def work(self) -> Path:
         return self.out / "work"
 
-    def common(self, hardware: str | None = None) -> list[str]:
-        """Overrides of every run: results, baselines and caches under the pack's work dir."""
-        return [
-            f"hardware={hardware or self.hardware}",
-            f"paths.results={self.work}",
-            "tracking.mlflow=false",
-        ]
+    def common(self, hardware: str | None = None, threads: bool = True) -> list[str]:
+        """Overrides of every run: results, baselines and caches under the pack's work dir
+        (``threads``: the sizes' thread count, where they set one)."""
+        args = [f"hardware={hardware or self.hardware}", f"paths.results={self.work}",
+                "tracking.mlflow=false"]  # fmt: skip
+        n = getattr(self.sizes, "threads", 0)
+        return args + ([f"hardware.threads={n}"] if threads and n else [])
 
 
 @dataclass

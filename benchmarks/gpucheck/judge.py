@@ -63,8 +63,9 @@ def planted_commit(fraction: float) -> str:
 
 def compare(pack: Pack, rev_b: str, label: str) -> dict:
     """Run ``python -m harness.compare HEAD rev_b`` on RCTD; its exit code and figures."""
-    args = [sys.executable, "-m", "harness.compare", "HEAD", rev_b, "method=rctd",
-            *pack.common(), *pack.sizes.judge]  # fmt: skip
+    # the compare's workers take their thread count from compare.launch.threads
+    rctd = ["method=rctd", *pack.common(threads=False), *pack.sizes.judge]
+    args = [sys.executable, "-m", "harness.compare", "HEAD", rev_b, *rctd]
     print(f"--- {' '.join(args[1:])}", file=pack.log, flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)

@@ -20,6 +20,7 @@ class Sizes:
     loader: list[str]  # check 5: scVI streaming
     loader_workers: tuple[int, ...]
     peer: list[str] = field(default_factory=list)  # check 6: benchmarks/rctd_peer.py arguments
+    threads: int = 0  # hardware.threads of the in-process runs (0: the profile's)
 
 
 METHODS = ("rctd", "scvi", "cellbender", "scbert", "cellwhisperer")
@@ -102,4 +103,7 @@ TINY = Sizes(
     peer=_w(
         "--n-pixels 150 --n-genes 120 --n-types 4 --modes full --sigma shared --shared-sigma 100"
     ),
+    # toy sizes: a second thread only waits (measured on the busy 2-core VM: a CellWhisperer toy
+    # training 11 s with two threads, 0.3 s with one)
+    threads=1,
 )
