@@ -73,6 +73,7 @@ def compare(pack: Pack, rev_b: str, label: str) -> dict:
     text = proc.stdout
     speed = re.search(r"speed-up A→B: ([0-9.]+)x\s+\[([0-9.inf]+), ([0-9.inf]+)\]", text)
     ratios = re.search(r"B/A ratio per worker pair: (.*)", text)
+    same = re.search(r"identical on (\d+)/(\d+) fresh", text)  # hashes equal on every input
     if proc.returncode not in (0, 1) or not speed or not ratios:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"harness.compare exited {proc.returncode}: {tail[0][:200]}")
@@ -84,7 +85,7 @@ def compare(pack: Pack, rev_b: str, label: str) -> dict:
         "interval": f"[{speed.group(2)}, {speed.group(3)}]",
         "pairs": len(logs),
         "pair_sd": None if sd is None else round(sd, 4),
-        "same_outputs": "identical on" in text and "DIFFER" not in text,
+        "same_outputs": bool(same) and same.group(1) == same.group(2),
     }
 
 
