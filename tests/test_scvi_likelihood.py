@@ -130,3 +130,28 @@ def test_gpu_code_paths_agree_on_cpu() -> None:
     vals = torch.rand(ref.nz.vals.shape, dtype=torch.float64)
     sums = _gene_sum(vals, ref.nz, ref.x.shape), _gene_sum_dense(vals, ref.nz, ref.x.shape)
     np.testing.assert_allclose(sums[0].numpy(), sums[1].numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_mixed_precision_logits_are_evaluated_in_float32(sparse: bool) -> None:
+    # bf16 logits (a Linear under autocast) beside float32 library and dispersion: the fused
+    # backward used to fail ("Index put requires the source and destination dtypes match")
+    b, g = 5, 8
+    x, _, _ = _case(5, b, g)
+    x = x.float()
+    flat = x.reshape(-1).nonzero().squeeze(1)
+    nz = Nonzeros(flat, flat // g, flat % g, x.reshape(-1)[flat]) if sparse else None
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(b, 2 * g, generator=gen).bfloat16().requires_grad_()
+    ell = (torch.randn(b, 1, generator=gen) + 3).requires_grad_()
+    log_theta = torch.randn(g, generator=gen).requires_grad_()
+    mixed = nb_loglik(logits, ell, log_theta, x, nz, True)
+    assert mixed.dtype == torch.float32
+    grads = torch.autograd.grad(mixed, (logits, ell, log_theta))
+    assert [t.dtype for t in grads] == [torch.bfloat16, torch.float32, torch.float32]
+    wide = logits.detach().float().requires_grad_()
+    ref = nb_loglik(wide, ell, log_theta, x, nz, True)
+    assert mixed.item() == ref.item()
+    want = torch.autograd.grad(ref, (wide, ell, log_theta))
+    assert torch.equal(grads[0], want[0].bfloat16())
+    assert all(torch.equal(a, w) for a, w in zip(grads[1:], want[1:], strict=True))

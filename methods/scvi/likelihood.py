@@ -229,5 +229,10 @@ def nb_loglik(
     ``logits`` is (B, 2G) = [scale logits | dropout logits] for the ZINB, (B, G) for the NB;
     log μ = ℓ + log_softmax(scale logits), ℓ (B, 1); log θ is (G,) or (B, G). Excludes
     −Σ lgamma(x + 1). ``nz``, when given, must list exactly the nonzero entries of x.
+    Inputs of mixed precision (bf16 / fp16 logits under autocast) are evaluated in the widest
+    of their dtypes (at least float32); the gradients flow back in each input's own dtype.
     """
+    dtype = torch.promote_types(logits.dtype, torch.promote_types(ell.dtype, log_theta.dtype))
+    dtype = torch.promote_types(dtype, torch.float32)
+    logits, ell, log_theta = (t.to(dtype) for t in (logits, ell, log_theta))
     return _NBLogLik.apply(logits, ell, log_theta, x, nz, zinb)
