@@ -43,3 +43,13 @@ def test_taskset_allocation_sizes_every_pool(tmp_path):
         ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
+    code = "import harness, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr

@@ -108,6 +108,7 @@ def fingerprint(runtime: Runtime, cwd: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         **dict(runtime.pools),
         "device": str(runtime.device),
         "dtype": str(runtime.dtype).removeprefix("torch."),
