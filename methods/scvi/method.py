@@ -81,7 +81,7 @@ class SCVI:
         if ROLE not in data:
             raise UserError(
                 f"dataset: loader returned no {ROLE!r} AnnData (got {sorted(data)}); scVI takes "
-                "dataset=scvi_synthetic, scvi_pbmc68k or scvi_h5ad"
+                "dataset=cells/synthetic, cells/pbmc68k or cells/h5ad"
             )
         adata = data[ROLE]
         if adata.n_obs < 4 or adata.n_vars < 2:

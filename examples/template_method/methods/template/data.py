@@ -17,7 +17,7 @@ from harness.api import DatasetConfig, rng
 if TYPE_CHECKING:
     from anndata import AnnData
 
-ROLE = "cells"  # the role's data key: the loader returns {"cells": AnnData}
+KEY = "cells"  # the data key of this role: the loader returns {"cells": AnnData}
 
 
 @dataclass
@@ -56,4 +56,4 @@ def synthetic(cfg: TemplateData) -> dict[str, AnnData]:
         var=pd.DataFrame(index=[f"gene{g:04d}" for g in range(cfg.n_genes)]),
     )
     adata.obsm["true_latent"] = z
-    return {ROLE: adata}
+    return {KEY: adata}

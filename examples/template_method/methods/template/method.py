@@ -20,7 +20,7 @@ import torch
 
 from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix, max_relative_l2
 from methods.template.config import TemplateConfig
-from methods.template.data import ROLE
+from methods.template.data import KEY
 from methods.template.train import LinearAE, fit
 
 
@@ -38,9 +38,9 @@ class Template:
         print(f"template: {message}", file=sys.stderr, flush=True)
 
     def check_inputs(self, data: Mapping[str, Any]) -> None:
-        if ROLE not in data:
-            raise UserError(f"dataset: loader returned no {ROLE!r} AnnData (got {sorted(data)})")
-        adata = data[ROLE]
+        if KEY not in data:
+            raise UserError(f"dataset: loader returned no {KEY!r} AnnData (got {sorted(data)})")
+        adata = data[KEY]
         counts_matrix(adata, None, "dataset")  # raw counts, or a one-line error
         if adata.n_obs < self.cfg.batch_size:
             raise UserError(f"method.batch_size={self.cfg.batch_size}: only {adata.n_obs} cells")
@@ -51,7 +51,7 @@ class Template:
             )
 
     def prepare(self, data: Mapping[str, Any]) -> Prepared:
-        m = data[ROLE].X
+        m = data[KEY].X
         counts = np.asarray(m.todense() if hasattr(m, "todense") else m, dtype=np.float64)
         total = np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
         x = np.log1p(counts / total * 1e4)
@@ -113,7 +113,7 @@ class Template:
 
     def quality(self, result: RunResult, data: Mapping[str, Any]) -> dict[str, float]:
         metrics = {"recon_mse": float(np.asarray(result.outputs["recon_mse"])[0])}
-        truth = data[ROLE].obsm.get("true_latent")
+        truth = data[KEY].obsm.get("true_latent")
         if truth is not None:  # R² of the true latent regressed on the embedding
             emb = np.asarray(result.outputs["embedding"], np.float64)
             design = np.c_[emb, np.ones(len(emb))]
@@ -124,7 +124,7 @@ class Template:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
-        adata = data[ROLE].copy()
+        adata = data[KEY].copy()
         adata.obsm["X_template"] = np.asarray(result.outputs["embedding"])
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(path)
