@@ -5,6 +5,7 @@ fail; its YAML agrees with its schema. Its surfaces are checked in tests/test_su
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import re
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from harness.config.schema import ROLE_GROUPS, ROLE_KEYS
+from harness.scaffold import render
 from harness.sinks.results_tsv import read_rows
 from tests.conftest import REPO
 from tests.test_defaults_agree import DECLARATIONS, _disagreements
@@ -64,9 +67,11 @@ def test_the_template_runs_through_the_real_cli(tmp_path: Path) -> None:
     # 160 cells / 32 per batch = 5 steps per epoch × 3 epochs; the glue's hooks counted them
     assert re.search(r"work_optimizer_steps\s+: 15\b", second.stdout), second.stdout
     assert re.search(r"latent_r2\s+: 0\.\d", second.stdout)
-    wrong = _harness(tree, *args, "method.n_components=40")  # a user error: one line, exit 2
-    assert wrong.returncode == 2 and "method.n_components=40" in wrong.stderr
-    assert len(wrong.stderr.strip().splitlines()) == 1
+    wrong = _harness(tree, *args, "method.epochs=0")  # checked against the schema's range
+    assert (
+        wrong.returncode == 2
+        and wrong.stderr.strip() == "error: config method.epochs=0: must be >= 1"
+    )
 
 
 @pytest.fixture
@@ -104,3 +109,42 @@ def test_the_template_yaml_agrees_with_its_schema(template, rel: str) -> None:
     module, name = values["_schema_"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     assert _disagreements(values, cls, frozenset(DECLARATIONS | {"defaults"})) == []
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_GROUPS))
+def test_new_method_renders_the_template_for_every_role(role: str) -> None:
+    files = render("my_method", role)
+    group = ROLE_GROUPS[role]
+    assert {"conf/method/my_method.yaml", f"conf/dataset/{group}/my_method.yaml"} <= set(files)
+    assert "methods/my_method/method.py" in files
+    text = "\n".join(files.values())
+    assert "template" not in text.lower()
+    assert "class MyMethod:" in text and "class MyMethodConfig(MethodConfig)" in text
+    assert text.count(f'ROLE: ClassVar[str] = "{role}"') == 2  # the method's and its dataset's
+    assert f"dataset: {group}/my_method" in files["conf/method/my_method.yaml"]
+    keys = re.search(r"KEYS: tuple\[str, \.\.\.\] = (\(.*\))", files["methods/my_method/data.py"])
+    assert keys and tuple(ast.literal_eval(keys[1])) == ROLE_KEYS[role]
+    spec = yaml.safe_load(files["conf/method/my_method.yaml"])
+    py = {rel for rel in files if rel.endswith(".py")}
+    assert set(spec["editable"]) | set(spec["readonly"]) == py  # every file on one list
+
+
+def test_new_method_writes_a_method_that_runs_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    tree = template_tree(tmp_path)
+    shutil.copytree(EXAMPLE, tree / "examples" / "template_method")
+    made = _harness(tree, "new-method", "spotty", "spatial+reference")
+    assert made.returncode == 0, made.stderr
+    assert "wrote methods/spotty/method.py" in made.stdout
+    again = _harness(tree, "new-method", "spotty")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    bad = _harness(tree, "new-method", "other", "spatial")
+    assert bad.returncode == 2 and "role 'spatial' is not one of" in bad.stderr
+    args = ["method=spotty", "hardware=cpu", "hardware.threads=1", "tracking.mlflow=false", *TINY]
+    run = _harness(tree, *args)
+    assert run.returncode == 0, run.stderr
+    (row,) = read_rows(tree / "results" / "results.tsv")
+    assert (row["method"], row["dataset"], row["status"]) == (
+        "spotty",
+        "spatial/spotty",
+        "baseline",
+    )

@@ -1,5 +1,6 @@
-"""The template's dataset (read-only surface): seeded counts from a low-rank model, returned as
-``{"cells": AnnData}`` — raw counts in X and the true latent in ``obsm["true_latent"]``.
+"""The template's dataset (read-only surface): seeded counts from a low-rank model, one AnnData
+per data key of its role (``KEYS``; for ``cells``: ``{"cells": AnnData}``) — raw counts in X
+and the true latent in ``obsm["true_latent"]``.
 
 The loader is the dataset YAML's ``_target_``, called with the validated ``_schema_`` object.
 """
@@ -17,7 +18,9 @@ from harness.api import DatasetConfig, rng
 if TYPE_CHECKING:
     from anndata import AnnData
 
-KEY = "cells"  # the data key of this role: the loader returns {"cells": AnnData}
+# the data keys of the role (harness.config.schema.ROLE_KEYS); the method reads the first
+KEYS: tuple[str, ...] = ("cells",)
+KEY = KEYS[0]
 
 
 @dataclass
@@ -39,10 +42,14 @@ class TemplateData(DatasetConfig):
 
 def synthetic(cfg: TemplateData) -> dict[str, AnnData]:
     """The seeded data set of ``cfg``."""
+    gen = np.random.default_rng(cfg.seed)
+    return {key: _counts(cfg, gen) for key in KEYS}
+
+
+def _counts(cfg: TemplateData, gen: np.random.Generator) -> AnnData:
     import anndata
     import pandas as pd
 
-    gen = np.random.default_rng(cfg.seed)
     z = gen.normal(size=(cfg.n_cells, cfg.n_latent))
     w = gen.normal(scale=0.7, size=(cfg.n_latent, cfg.n_genes))
     logits = z @ w + gen.normal(size=cfg.n_genes)
@@ -56,4 +63,4 @@ def synthetic(cfg: TemplateData) -> dict[str, AnnData]:
         var=pd.DataFrame(index=[f"gene{g:04d}" for g in range(cfg.n_genes)]),
     )
     adata.obsm["true_latent"] = z
-    return {KEY: adata}
+    return adata

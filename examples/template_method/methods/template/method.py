@@ -125,6 +125,6 @@ class Template:
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
         adata = data[KEY].copy()
-        adata.obsm["X_template"] = np.asarray(result.outputs["embedding"])
+        adata.obsm[f"X_{self.cfg.name}"] = np.asarray(result.outputs["embedding"])
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         adata.write_h5ad(path)
