@@ -1,6 +1,6 @@
 """The template's dataset (read-only surface): seeded counts from a low-rank model, one AnnData
-per data key of its role (``KEYS``; for ``cells``: ``{"cells": AnnData}``) — raw counts in X
-and the true latent in ``obsm["true_latent"]``.
+per data key of its role (``KEYS``; for ``cells``: ``{"cells": AnnData}``) — raw counts in X,
+one batch in ``obs["batch"]`` and the true latent in ``obsm["true_latent"]``.
 
 The loader is the dataset YAML's ``_target_``, called with the validated ``_schema_`` object.
 """
@@ -59,7 +59,10 @@ def _counts(cfg: TemplateData, gen: np.random.Generator) -> AnnData:
     counts = gen.poisson(p * library).astype(np.float32)
     adata = anndata.AnnData(
         X=sp.csr_matrix(counts),
-        obs=pd.DataFrame(index=[f"cell{i:05d}" for i in range(cfg.n_cells)]),
+        obs=pd.DataFrame(  # one batch: what every ``cells`` dataset holds (obs["batch"])
+            {"batch": pd.Categorical(["0"] * cfg.n_cells)},
+            index=[f"cell{i:05d}" for i in range(cfg.n_cells)],
+        ),
         var=pd.DataFrame(index=[f"gene{g:04d}" for g in range(cfg.n_genes)]),
     )
     adata.obsm["true_latent"] = z
