@@ -148,3 +148,14 @@ def test_new_method_writes_a_method_that_runs_and_refuses_to_overwrite(tmp_path:
         "spatial/spotty",
         "baseline",
     )
+
+
+def test_new_method_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from harness.scaffold import main, write
+
+    assert main(["--help"]) == 0 and "new-method NAME [ROLE]" in capsys.readouterr().out
+    assert main([]) == 2 and "usage:" in capsys.readouterr().err
+    assert main(["Bad-Name"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: new-method 'Bad-Name'")
+    written = write(tmp_path, "tiny_one", "cells+labels")
+    assert "conf/dataset/labelled/tiny_one.yaml" in written and (tmp_path / written[0]).exists()
