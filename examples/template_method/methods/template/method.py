@@ -8,8 +8,6 @@ tier) and ``quality`` (vs the dataset's truth) are the read-only evaluation.
 
 from __future__ import annotations
 
-import random
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix, max_relative_l2
+from harness.api import (
+    RunContext,
+    RunResult,
+    Runtime,
+    UserError,
+    counts_matrix,
+    log,
+    max_relative_l2,
+    seed_everything,
+)
 from methods.template.config import TemplateConfig
 from methods.template.data import KEY
 from methods.template.train import LinearAE, fit
@@ -35,7 +42,7 @@ class Template:
         self.runtime = runtime
 
     def _log(self, message: str) -> None:
-        print(f"template: {message}", file=sys.stderr, flush=True)
+        log(self.cfg.name, message)  # "template: <message>" on stderr
 
     def check_inputs(self, data: Mapping[str, Any]) -> None:
         if KEY not in data:
@@ -60,9 +67,7 @@ class Template:
 
     def run(self, state: Prepared, ctx: RunContext) -> RunResult:
         c = self.cfg
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed % 2**32)
-        random.seed(c.seed)
+        seed_everything(c.seed)  # torch, NumPy and random
         model = LinearAE(state.x.shape[1], c.n_components)
         model = model.to(device=self.runtime.device, dtype=self.runtime.dtype)
         optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
