@@ -8,6 +8,7 @@ execution-only key). Errors: ``UserError``. Running: ``Runtime``, ``RunContext``
 ``RunResult``, ``SeriesPoint``, ``WorkCounter``, ``Checkpoint``. Outputs: ``output_hash``,
 ``to_numpy``, ``host``, ``max_relative_l2``. Data: ``read_h5ad``, ``counts_matrix``, ``resolve_user_path``,
 ``pbmc68k_counts``, ``pbmc68k_path``; files: ``atomic_write``. Tools for peer/benchmark scripts: ``prepared``.
+What every glue repeats: ``seed_everything(seed)`` (torch, NumPy, random), ``log(name, message)``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _EXPORTS = {
     "SeriesPoint": "harness.bench.contract",
     "WorkCounter": "harness.bench.contract",
     "Checkpoint": "harness.bench.checkpoint",
+    "seed_everything": "harness.bench.glue",
+    "log": "harness.bench.glue",
     "output_hash": "harness.bench.hashing",
     "max_relative_l2": "harness.bench.distance",
     "to_numpy": "harness.bench.hashing",

@@ -1,5 +1,5 @@
-"""Console entry point (``harness`` / ``python -m harness``): ``list``, or one benchmark (a
-Hydra app) with configuration errors reported as one line."""
+"""Console entry point (``harness`` / ``python -m harness``): ``list``, ``new-method``, or one
+benchmark (a Hydra app) with configuration errors reported as one line."""
 
 from __future__ import annotations
 
@@ -40,7 +40,11 @@ def _install_one_line_errors() -> None:
 
 
 def main() -> None:
-    """``harness [list | overrides...]``."""
+    """``harness [list | new-method NAME [ROLE] | overrides...]``."""
+    if sys.argv[1:2] == ["new-method"]:
+        from harness.scaffold import main as new_method
+
+        sys.exit(new_method(sys.argv[2:]))
     if sys.argv[1:2] == ["list"]:
         from harness.config.catalog import lines
 

@@ -74,6 +74,24 @@ def test_every_method_runs_through_the_contract(tmp_path: Path, name: str) -> No
     assert a["timing"] in ("repeat", "train") and float(b["elapsed_s"]) > 0
 
 
+def test_every_role_yields_its_declared_data_keys() -> None:
+    """Each shipped method's default dataset (at its TINY size) returns exactly the keys
+    ROLE_KEYS (and the README) declare for its role; every role is covered."""
+    from harness.config.compose import compose
+    from harness.config.schema import ROLE_GROUPS, ROLE_KEYS
+    from harness.config.validate import locate, validate_all
+
+    assert set(ROLE_KEYS) == set(ROLE_GROUPS)
+    seen = set()
+    for name, tiny in TINY.items():
+        valid = validate_all(compose([f"method={name}", *(a for a in tiny if "dataset." in a)]))
+        data = locate(valid.dataset._target_, "dataset._target_")(valid.dataset)
+        role = type(valid.dataset).ROLE
+        assert tuple(sorted(data)) == tuple(sorted(ROLE_KEYS[role])), (name, role)
+        seen.add(role)
+    assert seen == set(ROLE_KEYS), f"no method covers role(s) {set(ROLE_KEYS) - seen}"
+
+
 def test_toy_trainer_train_timing_sparse_output_and_exact_rerun(tmp_path: Path) -> None:
     first = _harness(tmp_path, *TOY, "bench.warmup_steps=3")
     assert first.returncode == 0, first.stderr

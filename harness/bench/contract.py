@@ -2,7 +2,8 @@
 
 A method is a class named by ``_target_`` in ``conf/method/<name>.yaml``; its config schema is
 the dataclass named by ``_schema_`` (a :class:`~harness.config.schema.MethodConfig` subclass
-whose class attributes declare ROLE, TIMING, DETERMINISM and AUTOCAST). Lifecycle::
+whose class attributes declare ROLE, TIMING, DETERMINISM and AUTOCAST). Lifecycle — the
+:class:`Method` protocol, which :func:`check_method` checks every method class against::
 
     check_inputs(data) → prepare(data) → state                      untimed
     run(state, ctx) → RunResult | {name: output}                    timed (per TIMING)
@@ -22,7 +23,7 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -310,7 +311,11 @@ class Method(Protocol):
         """Metrics against the dataset's ground truth (read-only code), or ``{}``."""
 
 
-REQUIRED = {"check_inputs": 1, "prepare": 1, "run": 2, "compare": 2, "quality": 2}
+# the protocol's methods and how many arguments the harness passes each (``self`` aside)
+REQUIRED = {
+    name: len(inspect.signature(getattr(Method, name)).parameters) - 1
+    for name in ("check_inputs", "prepare", "run", "compare", "quality")
+}
 
 
 def check_method(cls: type, name: str) -> None:
@@ -338,11 +343,3 @@ def as_result(value: RunResult | Outputs) -> RunResult:
     if not isinstance(value, Mapping):
         raise TypeError(f"run() returned {type(value).__name__}; expected RunResult or a mapping")
     return RunResult(outputs=dict(value))
-
-
-def iter_steps(ctx: RunContext, total: int, start: int = 0) -> Iterator[int]:
-    """``range(start, total)`` cut at the context's step budget (helper for trainers)."""
-    step = start
-    while step < total and ctx.steps_left(step):
-        yield step
-        step += 1

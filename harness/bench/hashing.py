@@ -1,4 +1,4 @@
-"""Canonical output hashing: the ``output_hash`` of DESIGN.md.
+"""Canonical output hashing: the ``output_hash`` of every run (README "What one run does").
 
 Recipe: outputs in sorted name order; floats cast to float64 and rounded to ``decimals``
 (``-0.0`` folded into ``0.0``, every NaN to one bit pattern), integers and booleans to int64;

@@ -1,4 +1,5 @@
-"""One benchmark, end to end: the data flow of DESIGN.md from a validated config to the sinks.
+"""One benchmark, end to end: the data flow (README "What one run does") from a validated config
+to the sinks.
 
 hardware.resolve → dataset.load → method.check_inputs → method.prepare (untimed)
 → protocol (repeat | train) → hash every run → quality (read-only) → verdict → sinks

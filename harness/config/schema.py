@@ -25,13 +25,23 @@ def rng(**bounds: Any) -> dict[str, Any]:
     return bounds
 
 
-# The dataset roles: what a dataset yields / what a method needs (conf/dataset/<group>/).
+# The dataset roles: what a dataset yields / what a method needs. A role's datasets live in
+# conf/dataset/<group>/; a new role is a new entry in both tables (README "Adding a method").
 ROLE_GROUPS: dict[str, str] = {
     "spatial+reference": "spatial",
     "cells": "cells",
     "cells+labels": "labelled",
     "droplets": "droplets",
     "cells+captions": "captioned",
+}
+# The keys of the dict a role's loader returns (each an AnnData); what each must hold is in
+# the README's table and the loaders' docstrings (tests/test_contract.py loads every role).
+ROLE_KEYS: dict[str, tuple[str, ...]] = {
+    "spatial+reference": ("spatial", "reference"),
+    "cells": ("cells",),
+    "cells+labels": ("cells",),
+    "droplets": ("droplets",),
+    "cells+captions": ("cells",),
 }
 TIMINGS = ("repeat", "train")
 DETERMINISMS = ("bitwise", "statistical")

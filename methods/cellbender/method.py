@@ -13,8 +13,6 @@ latent z, the ambient profile.
 from __future__ import annotations
 
 import math
-import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +24,15 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
-from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix
+from harness.api import (
+    RunContext,
+    RunResult,
+    Runtime,
+    UserError,
+    counts_matrix,
+    log,
+    seed_everything,
+)
 from methods.cellbender import check, priors
 from methods.cellbender.config import CellBenderConfig
 from methods.cellbender.data import ROLE
@@ -58,7 +64,7 @@ class CellBender:
         self.runtime = runtime
 
     def _log(self, message: str) -> None:
-        print(f"cellbender: {message}", file=sys.stderr, flush=True)
+        log("cellbender", message)
 
     # ---- inputs --------------------------------------------------------------------------
     def check_inputs(self, data: Mapping[str, Any]) -> None:
@@ -161,9 +167,7 @@ class CellBender:
 
     # ---- the timed run -------------------------------------------------------------------
     def build(self, state: CellBenderState) -> FullModel:
-        torch.manual_seed(self.cfg.seed)
-        np.random.seed(self.cfg.seed % 2**32)
-        random.seed(self.cfg.seed)
+        seed_everything(self.cfg.seed)
         model = FullModel(
             int(state.genes.size), state.chi_ambient.cpu().double(),
             state.priors.empty_counts, state.consts,

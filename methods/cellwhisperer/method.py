@@ -12,8 +12,6 @@ evaluation set (hashed), the embeddings.
 
 from __future__ import annotations
 
-import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +22,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix, resolve_user_path
+from harness.api import (
+    RunContext,
+    RunResult,
+    Runtime,
+    UserError,
+    counts_matrix,
+    log,
+    resolve_user_path,
+    seed_everything,
+)
 from methods.cellwhisperer import check
 from methods.cellwhisperer.config import CellWhispererConfig
 from methods.cellwhisperer.data import PROMPT, ROLE
@@ -52,7 +59,7 @@ class CellWhisperer:
         self.runtime = runtime
 
     def _log(self, message: str) -> None:
-        print(f"cellwhisperer: {message}", file=sys.stderr, flush=True)
+        log("cellwhisperer", message)
 
     def _path(self, key: str) -> str | None:
         value = getattr(self.cfg, key)
@@ -114,9 +121,7 @@ class CellWhisperer:
         from methods.cellwhisperer.model import CellTower, Clip, TextTower, bert
 
         c = self.cfg
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed % 2**32)
-        random.seed(c.seed)
+        seed_everything(c.seed)
         cell = CellTower(bert(state.n_genes + 2, c.cell_hidden, c.cell_layers, c.cell_heads,
                               c.max_tokens + 2, "relu", c.dropout, self._path("cell_model")),
                          c.emb_layer)  # fmt: skip

@@ -11,8 +11,6 @@ information, predictions.
 
 from __future__ import annotations
 
-import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix, resolve_user_path
+from harness.api import (
+    RunContext,
+    RunResult,
+    Runtime,
+    UserError,
+    counts_matrix,
+    log,
+    resolve_user_path,
+    seed_everything,
+)
 from methods.scbert import binning, check
 from methods.scbert.config import ScBERTConfig
 from methods.scbert.data import ROLE
@@ -50,7 +57,7 @@ class ScBERTMethod:
         self.runtime = runtime
 
     def _log(self, message: str) -> None:
-        print(f"scbert: {message}", file=sys.stderr, flush=True)
+        log("scbert", message)
 
     def check_inputs(self, data: Mapping[str, Any]) -> None:
         if ROLE not in data:
@@ -118,9 +125,7 @@ class ScBERTMethod:
 
     def build(self, state: ScBERTState) -> ScBERT:
         c = self.cfg
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed % 2**32)
-        random.seed(c.seed)
+        seed_everything(c.seed)
         model = ScBERT(
             c.bin_num + 2, state.seq_len, len(state.classes), c.dim, c.depth, c.heads,
             c.dim_head, c.nb_features, (c.hidden1, c.hidden2), state.gene_embedding,

@@ -162,7 +162,7 @@ def synthetic(cfg: SyntheticConfig) -> dict[str, AnnData]:
     var = pd.DataFrame({"true_theta": r.theta}, index=[f"gene{j:05d}" for j in range(cfg.n_genes)])
     adata = anndata.AnnData(X=counts, obs=census_obs(r), var=var)
     adata.obsm["true_latent"] = r.z
-    adata.uns["generator"] = {"loader": "scvi_synthetic", **_params(cfg)}
+    adata.uns["generator"] = {"loader": "synthetic", **_params(cfg)}
     return {ROLE: adata}
 
 

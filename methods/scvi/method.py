@@ -11,8 +11,6 @@ the trained parameters (``state.*``), the latent means of a fixed held-out evalu
 from __future__ import annotations
 
 import math
-import random
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,15 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from harness.api import RunContext, RunResult, Runtime, UserError, counts_matrix
+from harness.api import (
+    RunContext,
+    RunResult,
+    Runtime,
+    UserError,
+    counts_matrix,
+    log,
+    seed_everything,
+)
 from methods.scvi import check
 from methods.scvi.config import SCVIConfig
 from methods.scvi.data import BATCH, ROLE, batch_from_keys, select_cells, select_genes
@@ -74,14 +80,14 @@ class SCVI:
         self._eval_cells: np.ndarray | None = None
 
     def _log(self, message: str) -> None:
-        print(f"scvi: {message}", file=sys.stderr, flush=True)
+        log("scvi", message)
 
     # ---- inputs --------------------------------------------------------------------------
     def check_inputs(self, data: Mapping[str, Any]) -> None:
         if ROLE not in data:
             raise UserError(
                 f"dataset: loader returned no {ROLE!r} AnnData (got {sorted(data)}); scVI takes "
-                "dataset=scvi_synthetic, scvi_pbmc68k or scvi_h5ad"
+                "dataset=cells/synthetic, cells/pbmc68k or cells/h5ad"
             )
         adata = data[ROLE]
         if adata.n_obs < 4 or adata.n_vars < 2:
@@ -243,9 +249,7 @@ class SCVI:
     def build(self, state: SCVIState) -> VAE:
         """The model in its seeded initial state, on the device."""
         seed = self.cfg.seed
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
+        seed_everything(seed)
         model = VAE(state.shape, state.lib_means, state.lib_vars)
         return model.to(self.runtime.device, self.runtime.dtype)
 
