@@ -218,6 +218,10 @@ class LaunchConfig:
     no_aslr: bool = True  # setarch -R: the same address-space layout in every process
     malloc: bool = True  # one malloc arena, fixed mmap/trim thresholds
     threads: int = field(default=1, metadata=rng(ge=0))  # hardware.threads of workers (0: keep)
+    # candidate workers forked from one pre-imported template per try (harness/optimize/
+    # template.py) instead of started afresh: start-up paid once per commit. Off until its
+    # per-process bias is measured against fresh processes (benchmarks/process_bias.py)
+    fork: bool = False
 
 
 @dataclass
