@@ -222,6 +222,10 @@ class LaunchConfig:
     # template.py) instead of started afresh: start-up paid once per commit. Off until its
     # per-process bias is measured against fresh processes (benchmarks/process_bias.py)
     fork: bool = False
+    # workers in a mount namespace where the Python installation, the repository (checkouts,
+    # results, .git) and the loop's files are read-only, but for their scratch and the cache
+    # (harness/optimize/sandbox.py; needs root and util-linux, else off with a note)
+    sandbox: bool = True
 
 
 @dataclass

@@ -170,6 +170,8 @@ class Attempt:
         self.verdict = "exact"
         self.template: Any = None  # the candidate's worker template (loop.launch.fork)
         self.details: dict[str, Any] = {"draws": []}
+        if self.loop.launch.sandbox:
+            self.launch = self._sandboxed(self.launch)
         self.candidate_outputs: RunResult | None = None
         self.decision: Decision | None = None
         self.session = Session()
@@ -213,6 +215,20 @@ class Attempt:
                 raise Rejected("rejected", f"{path} imports {bad[0]}")
 
     # ---- workers -----------------------------------------------------------------------
+    def _sandboxed(self, launch: Launch) -> Launch:
+        """``launch`` inside the OS sandbox (:mod:`.sandbox`): what the judge trusts read-only."""
+        from harness.optimize import sandbox
+
+        why = sandbox.available()
+        self.details["sandbox"] = why or "on"
+        if why:
+            return launch
+        cache = (Path.cwd() / self.valid.top.paths.cache).resolve()
+        readonly = [self.root, self.results, gitops.git_dir(self.repo),
+                    Path(self.frozen["judge_tree"]), *sandbox.python_paths()]  # fmt: skip
+        prefix = sandbox.prefix(readonly, writable=[self.dir, cache])
+        return Launch(prefix + launch.prefix, launch.env)
+
     def _overrides(self, commit: str) -> list[str]:
         paths = self.valid.top.paths
         cwd = Path.cwd()
