@@ -5,7 +5,8 @@ and finished with its end time. Trainers open their run when training starts (st
 and stream the per-epoch series as they happen (:class:`LiveRun`: buffered, flushed by a
 background thread every few seconds, so logging never sits in the timed region); the run ends
 FINISHED, FAILED (a crash: the series so far and the log kept) or KILLED (a timeout).
-Experiments are created as model-training experiments (``mlflow.experimentKind``), so the UI
+Every metric, param and tag key goes through :func:`harness.sinks.mlflow_names.mlflow_key`
+(``recall@1`` → ``recall_at_1``). Experiments are created as model-training experiments (``mlflow.experimentKind``), so the UI
 opens them on their runs table.
 """
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from harness.sinks.mlflow_names import mlflow_keys
 
 _MAX_PARAM_LEN = 6000
 _BATCH = 100  # MLflow's log_batch limit for params and tags
@@ -84,9 +87,10 @@ def _metric_list(
 ) -> list[Any]:
     from mlflow.entities import Metric
 
-    out = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
+    key = mlflow_keys([*metrics, *series])
+    out = [Metric(key[k], float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
     out += [
-        Metric(k, float(v), now, int(step))
+        Metric(key[k], float(v), now, int(step))
         for k, points in series.items()
         for step, v in points
         if v is not None and v == v
@@ -94,18 +98,23 @@ def _metric_list(
     return out
 
 
+def _tags(tags: Mapping[str, Any]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    key = mlflow_keys(tags)
+    return [RunTag(key[k], str(v)[:5000]) for k, v in tags.items()]
+
+
 def open_run(
     uri: str, experiment: str, run_name: str, start_ms: int, artifact_root: Path | None,
     tags: Mapping[str, Any] | None = None,
 ) -> str:  # fmt: skip
     """Create a RUNNING run started at ``start_ms``; returns its id."""
-    from mlflow.entities import RunTag
-
     client = _client(uri)
     exp_id = _experiment_id(client, experiment, artifact_root)
     run = client.create_run(exp_id, run_name=run_name, start_time=start_ms)
     if tags:
-        client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        client.log_batch(run.info.run_id, tags=_tags(tags))
     return run.info.run_id
 
 
@@ -129,7 +138,7 @@ def log_run(
     ``series`` are per-step metrics as (step, value) pairs (e.g. per-epoch ELBO); ``texts`` are
     small artifacts (resolved config, run log); ``status`` is FINISHED, FAILED or KILLED.
     """
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = _client(uri)
     if run_id is None:
@@ -137,8 +146,9 @@ def log_run(
                           artifact_root)  # fmt: skip
     now = int(time.time() * 1000)
     metric_list = _metric_list(metrics, series, now)
-    param_list = [Param(k[:250], v) for k, v in params.items()]
-    tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+    param_key = mlflow_keys(params)
+    param_list = [Param(param_key[k], v) for k, v in params.items()]
+    tag_list = _tags(tags)
     for i in range(0, max(len(param_list), len(tag_list), 1), _BATCH):
         client.log_batch(run_id, params=param_list[i : i + _BATCH], tags=tag_list[i : i + _BATCH])
     for i in range(0, len(metric_list), _METRIC_BATCH):
