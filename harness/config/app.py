@@ -61,7 +61,9 @@ def task(cfg: DictConfig) -> float:
         outcome = supervise.run(cfg, valid, overrides, sweep_id=sweep,
                              swept=swept_keys() if sweep else [])  # fmt: skip
     except UserError as exc:
-        print_error(exc)
+        from harness.config.suggest import with_hint
+
+        print_error(with_hint(str(exc), overrides))
         if sweep:
             raise
         sys.exit(2)
