@@ -49,7 +49,12 @@ def main() -> None:
         sys.exit(new_method(sys.argv[2:]))
     if sys.argv[1:2] == ["list"]:
         from harness.config.catalog import lines
+        from harness.core.usage import wants_help
 
+        if wants_help(sys.argv[2:]):
+            print("usage: python -m harness list\n\nThe methods (role, timing, default dataset),")
+            print("the datasets (role), the hardware profiles and the sweep presets.")
+            return
         print("\n".join(lines()))
         return
     _install_one_line_errors()
