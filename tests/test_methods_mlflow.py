@@ -4,6 +4,7 @@ in tmp), and its run reads back FINISHED with its timings and quality metrics.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # the slowest here (~40 s on 2 busy cores: its likelihood tables); RCTD with MLflow on also
 # runs by default in tests/test_cli.py
 SLOW = {"rctd"}
+
+
+def row_timing(cwd: Path) -> str:
+    return read_rows(cwd / "results" / "results.tsv")[0]["timing"]
 
 
 def _methods() -> list:
@@ -43,6 +48,10 @@ def test_method_runs_with_mlflow_on_and_finishes(
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # filtered at the source
+    if row_timing(tmp_path) == "train":  # trainers: epoch i/n, pace, values; warm-up marked
+        assert re.search(r"\] \S+ epoch 1/\d+  [\d.e-]+ s/epoch  \w+ ", proc.stdout), proc.stdout
+        assert re.search(r"\] warm-up: \S+ epoch 1  ", proc.stdout), proc.stdout
     (row,) = read_rows(tmp_path / "results" / "results.tsv")
     assert row["status"] == "baseline" and row["mlflow_run_id"], row
 

@@ -20,6 +20,7 @@ Implemented from the equations in ``shared/methods/rctd.md``; no upstream code i
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -140,6 +141,13 @@ def _try_load(path: Path, k_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return (q, sq, x) if ok else None
 
 
+_BUILT: list[int] = []  # sigmas (x100) whose tables this process built
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def load_or_build_tables(
     sigma_x100: int, k_val: int, cache_dir: Path, device: torch.device | str = "cpu"
 ) -> LikelihoodTables:
@@ -151,6 +159,10 @@ def load_or_build_tables(
     path = _cache_path(Path(cache_dir), sigma_x100, k_val)
     loaded = _try_load(path, k_val) if path.exists() else None
     if loaded is None:
+        if not _BUILT:  # one line for all the tables this process builds
+            say(f"rctd: building likelihood tables (K_val={k_val}) for the σ values visited, "
+                f"once: cached in {path.parent} …")  # fmt: skip
+        _BUILT.append(sigma_x100)
         x = build_x_vals()
         q = compute_q_table(sigma_x100 / 100.0, x, k_val, device=device)
         sq = spline_second_derivatives(q, x)
