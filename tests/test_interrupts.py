@@ -41,8 +41,9 @@ def _wait_for_training(proc: subprocess.Popen, timeout: float = 240) -> str:
         if not line:
             break
         seen.append(line)
-        timed = timed or "warmup 1/1" in line
-        if timed and "epoch 5/" in line:
+        timed = timed or "timed training" in line
+        if timed and "train epoch 1/" in line:
+            time.sleep(1)  # a few epochs into the timed training
             return "".join(seen)
     proc.kill()
     raise AssertionError("training never started:\n" + "".join(seen[-30:]))
