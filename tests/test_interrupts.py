@@ -131,3 +131,31 @@ def test_output_is_never_half_written(tmp_path: Path) -> None:
         assert partial.suffix == ".h5ad" and partial.parent == tmp_path
         partial.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+
+
+def test_reap_ends_only_this_boots_runs_of_dead_processes(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from harness.sinks import orphans
+    from harness.sinks.mlflow_run import _client, open_run
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert orphans.alive(os.getpid(), orphans.process_tags()["pid_start"])
+    assert not orphans.alive(dead.pid)
+    assert not orphans.alive(os.getpid(), "1")  # same PID, another process (PID reused)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mine = orphans.process_tags()
+    ids = {
+        name: open_run(uri, "e", name, 0, None, {**mine, **tags})
+        for name, tags in {
+            "dead": {"pid": str(dead.pid), "pid_start": ""},
+            "other boot": {"pid": str(dead.pid), "boot_id": "another-machine"},
+            "alive": {},  # this process
+        }.items()
+    }  # opening them reaped nothing yet: the store had no RUNNING run then
+    orphans._REAPED.discard(uri)
+    client = _client(uri)
+    assert orphans.reap(client, uri) == [ids["dead"]]
+    status = {n: client.get_run(i).info.status for n, i in ids.items()}
+    assert status == {"dead": "FAILED", "other boot": "RUNNING", "alive": "RUNNING"}

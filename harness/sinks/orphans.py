@@ -1,10 +1,12 @@
 """MLflow runs whose process died without ending them (SIGKILL, OOM killer, power loss).
 
-Every run carries the tags ``host``, ``pid`` and ``pid_start`` (the process's start time in
-clock ticks since boot, from ``/proc``, so a reused PID is not taken for the dead process).
-Before a benchmark logs, :func:`reap` ends as FAILED every RUNNING run of this tracking store
-started on this host by a process that no longer exists — a run can only be left RUNNING by a
-process that was killed hard: SIGINT/SIGTERM, a crash and a timeout all end their run.
+Every run carries the tags ``host``, ``pid``, ``pid_start`` (the process's start time in
+clock ticks since boot, from ``/proc``, so a reused PID is not taken for the dead process) and
+``boot_id``. Before a benchmark logs, :func:`reap` ends as FAILED every RUNNING run of this
+tracking store started on this host, in this boot, by a process that no longer exists — a run
+can only be left RUNNING by a process that was killed hard: SIGINT/SIGTERM, a crash and a
+timeout all end their run. Runs of another boot are left alone (another machine may share the
+host name), so a run orphaned by a reboot stays RUNNING.
 """
 
 from __future__ import annotations
@@ -27,10 +29,18 @@ def _start_ticks(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def _boot_id() -> str:
+    try:
+        return open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
+    except OSError:
+        return ""
+
+
 def process_tags() -> dict[str, str]:
-    """The tags that identify this process: ``host``, ``pid``, ``pid_start``."""
+    """The tags that identify this process: ``host``, ``pid``, ``pid_start``, ``boot_id``."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _start_ticks(pid)}
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _start_ticks(pid),
+            "boot_id": _boot_id()}  # fmt: skip
 
 
 def alive(pid: int, start: str = "") -> bool:
@@ -67,15 +77,13 @@ def reap(client: Any, uri: str) -> list[str]:
             )
     except Exception:
         return []
-    reaped = []
+    reaped, boot = [], _boot_id()
     for run in runs:
         tags = run.data.tags
         pid = tags.get("pid", "")
-        if (
-            not pid.isdigit()
-            or int(pid) == os.getpid()
-            or alive(int(pid), tags.get("pid_start", ""))
-        ):
+        if not pid.isdigit() or int(pid) == os.getpid() or tags.get("boot_id", "") != boot:
+            continue  # not a run of this machine's processes since boot
+        if alive(int(pid), tags.get("pid_start", "")):
             continue
         note = f"process {pid} on {host} ended without closing this run (killed hard)"
         try:
