@@ -111,14 +111,17 @@ def test_a_run_whose_logging_fails_ends_failed(tmp_path: Path, monkeypatch) -> N
     assert run.data.metrics["m"] == 1.0
 
 
-def test_a_signal_while_recording_is_held_until_the_record_ends() -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_recording_is_held_until_the_record_ends(signum: int, code: int) -> None:
+    before = signal.getsignal(signum)
     done = []
     with catch_interrupts() as signals, pytest.raises(Interrupted) as caught, signals.deferred():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(0.05)
         done.append("recorded")
-    assert done == ["recorded"] and caught.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert done == ["recorded"] and caught.value.exit_code == code
+    assert isinstance(caught.value, KeyboardInterrupt)  # code that handles Ctrl-C handles it
+    assert signal.getsignal(signum) is before  # handlers restored
 
 
 def test_output_is_never_half_written(tmp_path: Path) -> None:
