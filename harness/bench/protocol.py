@@ -202,7 +202,11 @@ def measure(
         warm_up(run, runtime, m, warmup, warmup_steps, digest, reporter, warm_run)
         warm_done()
         reset_peak_memory(runtime)
-        reporter.info("timed training …" if timing == "train" else f"{n_timed} timed runs …")
+        reporter.info(
+            "timed training …"
+            if timing == "train"
+            else f"{n_timed} timed run{'s' if n_timed > 1 else ''} …"
+        )
         for i in range(n_timed):
             ctx = RunContext(
                 checkpoint=checkpoint, synchronize=sync, listener=listener, say=reporter.info

@@ -20,14 +20,13 @@ Implemented from the equations in ``shared/methods/rctd.md``; no upstream code i
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harness.api import atomic_write
+from harness.api import atomic_write, log
 from methods.rctd.likelihood import (
     LikelihoodTables,
     build_x_vals,
@@ -144,10 +143,6 @@ def _try_load(path: Path, k_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 _BUILT: list[int] = []  # sigmas (x100) whose tables this process built
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def load_or_build_tables(
     sigma_x100: int, k_val: int, cache_dir: Path, device: torch.device | str = "cpu"
 ) -> LikelihoodTables:
@@ -160,7 +155,7 @@ def load_or_build_tables(
     loaded = _try_load(path, k_val) if path.exists() else None
     if loaded is None:
         if not _BUILT:  # one line for all the tables this process builds
-            say(f"rctd: building likelihood tables (K_val={k_val}) for the σ values visited, "
+            log("rctd", f"building likelihood tables (K_val={k_val}) for the σ values visited, "
                 f"once: cached in {path.parent} …")  # fmt: skip
         _BUILT.append(sigma_x100)
         x = build_x_vals()
