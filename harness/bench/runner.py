@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,8 @@ from harness.bench.seal import Seal, project_root
 from harness.config import validate
 from harness.config.schema import Config
 from harness.config.taskkey import task_params
-from harness.core.errors import UserError, print_error
+from harness.core.errors import UserError
+from harness.core.fsio import atomic_path
 from harness.sinks.console import Reporter
 
 
@@ -82,6 +82,7 @@ class Benchmark:
         self.code_version = code_version(surface)
         self._lock = threading.Lock()
         self._recorded = False
+        self._record_done = threading.Event()
         # jobs of one sweep share this id (results.tsv tag "sweep:<id>", MLflow tag sweep_id)
         self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
         self.swept: list[str] = []  # the keys the sweep varies, when known (run names)
@@ -213,7 +214,8 @@ class Benchmark:
             if not hasattr(method, "write_output"):
                 raise UserError(f"run.output: method {mc.name} does not write output files")
             path = (self.cwd / self.top.run.output).resolve()
-            method.write_output(m.result, data, path)
+            with atomic_path(path) as partial:  # never a half-written file (a crash, Ctrl-C)
+                method.write_output(m.result, data, partial)
             self.reporter.info(f"output written: {path}")
         if mc.parity_output and mc.parity_output in m.outputs:
             outcome.tags["parity_hash"] = parity_hash(m.outputs[mc.parity_output])
@@ -260,16 +262,22 @@ class Benchmark:
         outcome.metrics.update({f"cmp_{k}": v for k, v in metrics.items()})
 
     # ---- sinks ---------------------------------------------------------------------------
-    def record(self, outcome: Outcome) -> bool:
-        """Write the MLflow run and the results.tsv row, once. False if already recorded."""
+    def record(self, outcome: Outcome, wait: bool = False) -> bool:
+        """Write the MLflow run and the results.tsv row, once. False if already recorded
+        (``wait``: after the other record, e.g. the watchdog's, has finished)."""
         from harness.sinks import record
 
         with self._lock:
             if self._recorded:
+                if wait:
+                    self._record_done.wait(600)
                 return False
             self._recorded = True
-        self.finished = datetime.now(timezone.utc)
-        record.write(self, outcome)
+        try:
+            self.finished = datetime.now(timezone.utc)
+            record.write(self, outcome)
+        finally:
+            self._record_done.set()
         return True
 
     def summary(self, o: Outcome) -> str:
@@ -278,52 +286,4 @@ class Benchmark:
         return benchmark_summary(self, o)
 
 
-def run(
-    cfg: DictConfig,
-    valid: validate.Validated,
-    overrides: list[str],
-    sweep_id: str = "",
-    swept: list[str] | None = None,
-) -> Outcome:
-    """Benchmark and record. UserErrors propagate before anything is written.
-
-    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set);
-    ``swept`` names the keys the sweep varies (they lead the run's name).
-    """
-    reporter = Reporter()
-    bench = Benchmark(cfg, valid, overrides, reporter)  # hardware errors raise here
-    bench.sweep_id = bench.sweep_id or sweep_id
-    bench.swept = list(swept or [])
-
-    def on_timeout() -> None:
-        outcome = Outcome(
-            status="timeout",
-            output_hash="TIMEOUT",
-            error=f"timeout after {bench.top.bench.timeout_s} s",
-        )
-        if bench.record(outcome):
-            print_error(f"benchmark exceeded bench.timeout_s={bench.top.bench.timeout_s}")
-            os._exit(124)
-
-    timer = threading.Timer(bench.top.bench.timeout_s, on_timeout)
-    timer.daemon = True
-    timer.start()
-    try:
-        outcome = bench.execute()
-    except UserError:
-        timer.cancel()
-        raise
-    except Exception as exc:
-        timer.cancel()
-        reporter.info("".join(traceback.format_exception(exc)))
-        crash = Outcome(status="crash", output_hash="CRASH", error=f"{type(exc).__name__}: {exc}")
-        bench.record(crash)
-        raise
-    timer.cancel()
-    if not bench.record(outcome):  # the watchdog got there first
-        time.sleep(3600)
-    print(bench.summary(outcome), flush=True)
-    return outcome
-
-
-__all__ = ["Benchmark", "Outcome", "RunResult", "run"]
+__all__ = ["Benchmark", "Outcome", "RunResult"]

@@ -90,10 +90,20 @@ def write(bench: Benchmark, outcome: Outcome) -> None:
                 outcome.mlflow_run_id = log_mlflow(bench, outcome, uri)
         except Exception as exc:  # the row must not be lost because tracking failed
             first = " ".join(str(exc).split())[:200]
+            if bench.live is not None:  # opened live, then logging failed: FAILED, not RUNNING
+                from harness.sinks.mlflow_run import fail_run
+
+                fail_run(uri, bench.live.run_id, f"logging failed: {type(exc).__name__}: {first}")
+            busy = any(w in first.lower() for w in ("locked", "timeout", "timed out"))
+            hint = (  # only a store shared by many jobs is helped by a server
+                " (many concurrent jobs need a shared tracking server: "
+                "tracking.uri=http://<host>:5000)"
+                if busy
+                else ""
+            )
             outcome.error = outcome.error or (
                 f"MLflow logging to {uri} failed ({type(exc).__name__}: {first}); the "
-                "results.tsv row is written without an mlflow_run_id (many concurrent jobs need "
-                "a shared tracking server: tracking.uri=http://<host>:5000)"
+                f"results.tsv row is written without an mlflow_run_id{hint}"
             )
     append_row(bench.results / "results.tsv", row(bench, outcome))
 
@@ -173,7 +183,7 @@ def log_mlflow(bench: Benchmark, o: Outcome, uri: str) -> str:
     if o.error:
         tags["error"] = o.error
     resolved = OmegaConf.to_container(bench.raw, resolve=True)
-    status = {"crash": "FAILED", "timeout": "KILLED"}.get(o.status, "FINISHED")
+    status = {"crash": "FAILED", "timeout": "KILLED", "killed": "KILLED"}.get(o.status, "FINISHED")
     finished = bench.finished or bench.started
     return log_run(
         uri=uri,
