@@ -58,6 +58,6 @@ def main() -> None:
         print("\n".join(lines()))
         return
     _install_one_line_errors()
-    from harness.config.app import task
+    from harness.app import task
 
     task()

@@ -31,6 +31,7 @@ from harness.config.taskkey import task_params
 from harness.core.errors import UserError
 from harness.core.fsio import atomic_path
 from harness.sinks.console import Reporter
+from harness.sinks.runrecord import Identity, RunRecord, Timings, Tracking
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Benchmark:
         self.swept: list[str] = []  # the keys the sweep varies, when known (run names)
         self.started = datetime.now(timezone.utc)
         self.finished: datetime | None = None
-        self.live: Any = None  # the live MLflow run of a trainer (sinks/record.py)
+        self._live: Any = None  # a trainer's streaming MLflow run: opaque, the sink's own
         self.prepare_s = float("nan")  # check_inputs + prepare of the benchmark input
 
     # ---- the data flow -------------------------------------------------------------------
@@ -170,8 +171,8 @@ class Benchmark:
         if self.top.tracking.mlflow and self.spec.TIMING == "train":
             from harness.sinks import record
 
-            self.live = record.open_live(self)
-            listener = self.live.add if self.live is not None else None
+            self._live = record.open_live(self.run_record(Outcome(status="running")))
+            listener = self._live.add if self._live is not None else None
         m = measure(
             lambda ctx: method.run(state, ctx),
             self.runtime,
@@ -275,7 +276,9 @@ class Benchmark:
             self._recorded = True
         try:
             self.finished = datetime.now(timezone.utc)
-            record.write(self, outcome)
+            rec = self.run_record(outcome)
+            record.write(rec, self._live)
+            outcome.mlflow_run_id, outcome.error = rec.mlflow_run_id, rec.error
         finally:
             self._record_done.set()
         return True
@@ -283,7 +286,43 @@ class Benchmark:
     def summary(self, o: Outcome) -> str:
         from harness.sinks.console import benchmark_summary
 
-        return benchmark_summary(self, o)
+        return benchmark_summary(self.run_record(o))
+
+    def run_record(self, o: Outcome) -> RunRecord:
+        """The plain record every sink receives (``harness.sinks.runrecord``)."""
+        from harness.sinks.record import tracking_uri
+
+        top, env, m = self.top, self.env, o.measurement
+        identity = Identity(
+            method=self.method_cfg.name, dataset=self.dataset_cfg.name, hardware=top.hardware.name,
+            timing=self.spec.TIMING, commit=env["commit"], branch=env["branch"],
+            dirty=bool(env["dirty"]), device_name=env["device_name"], dtype=str(env["dtype"]),
+            overrides=tuple(self.overrides), started=self.started, swept=tuple(self.swept),
+            sweep_id=self.sweep_id, tag=top.run.tag or "", description=top.run.description or "",
+        )  # fmt: skip
+        tracking = Tracking(
+            enabled=bool(top.tracking.mlflow), uri=tracking_uri(top.tracking.uri, self.results),
+            experiment=top.tracking.experiment or self.method_cfg.name,
+            live_interval_s=float(top.tracking.live_interval_s), results=self.results,
+        )  # fmt: skip
+        timings = None
+        if m is not None:
+            timed = bool(m.elapsed)
+            timings = Timings(
+                timing=m.timing, elapsed=tuple(m.elapsed), median=m.median if timed else 0.0,
+                min=m.min if timed else 0.0, iqr=m.iqr if timed else 0.0,
+                n_samples=len(m.samples), warmup_s=tuple(m.warmup_s),
+                peak_mem_mb=m.peak_mem_mb, resumed=m.resumed,
+                series=m.result.series_by_key() if timed else {},
+            )  # fmt: skip
+        return RunRecord(
+            identity=identity, tracking=tracking, environment=dict(env),
+            config=OmegaConf.to_container(self.raw, resolve=True),
+            config_yaml=OmegaConf.to_yaml(self.raw, resolve=True), log=self.reporter.text(),
+            status=o.status, finished=self.finished, timings=timings,
+            output_hash=o.output_hash, verdict=o.verdict, metrics=dict(o.metrics),
+            tags=dict(o.tags), error=o.error, mlflow_run_id=o.mlflow_run_id,
+        )  # fmt: skip
 
 
 __all__ = ["Benchmark", "Outcome", "RunResult"]
