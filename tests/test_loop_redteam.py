@@ -236,19 +236,22 @@ def compute(x, speed):
 """
 
 
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("outputs finished by a thread after the run", THREAD_FILLS),
-        ("input edited in place", INPUT_ZEROED),
-    ],
-)
-def test_work_outside_the_run_or_on_the_input_is_wrong(toy, name, code):
-    (toy.root / FAST).write_text((toy.root / FAST).read_text() + code)
+def test_outputs_finished_after_the_run_are_wrong(toy):
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + THREAD_FILLS)
     toy.git("add", FAST)
-    toy.commit(name)
-    row = _judge(toy, "r", name)
+    toy.commit("outputs finished by a thread after the run")
+    row = _judge(toy, "r", "outputs finished by a thread after the run")
     assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
+
+
+def test_an_input_edited_in_place_reaches_no_other_run(toy):
+    """Every timed run of the loop prepares its own copy of the judge's input file: zeroing it
+    after use changes no output (exact) and gains nothing (discarded)."""
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + INPUT_ZEROED)
+    toy.git("add", FAST)
+    toy.commit("input edited in place")
+    row = _judge(toy, "r", "input edited in place")
+    assert (row["status"], row["verdict"]) == ("discard", "exact"), row
 
 
 PREPARE_WORK = """

@@ -353,6 +353,7 @@ class Attempt:
             prepared_run(cand, inp)
             inp.remove()
             session.startup_s += time.monotonic() - t0
+        every = PairLog()  # all timed rounds, re-run ones too: what the interference check sees
         r = 0
         while r < self.loop.rounds:
             draw = fresh_draw()
@@ -375,12 +376,14 @@ class Attempt:
             self._judge(
                 self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
             )
+            every.kept.append(k)
+            every.candidate.append(c)
             if session.disturbed((k, c), self.loop.disturbed, self.loop.max_reruns):
                 continue  # a busy neighbour took the CPU: not counted, another fresh input
             log.kept.append(k)
             log.candidate.append(c)
             r += 1
-        self.details.setdefault("interference", []).append(round(interference(log), 3))
+        self.details.setdefault("interference", []).append(round(interference(every), 3))
         return log
 
     def _interfered(self) -> str:

@@ -158,10 +158,16 @@ class Server:
         """One run through the benchmark's own timed call (``harness.bench.protocol``): the
         outputs are copied to the host inside the timed region, and a counter booked from
         outside its hooks raises ``Tampered``."""
-        from harness.bench.protocol import timed_call
+        from harness.bench.protocol import Tampered, timed_call
 
         ctx = self._context(synchronize=self.rt.synchronize)
-        seconds, _, self.last = timed_call(self._run, self.rt, ctx)
+        try:
+            seconds, _, self.last = timed_call(self._run, self.rt, ctx)
+        except Exception as exc:  # a run that broke after bending the process: say so
+            problems = self.seal.problems()
+            if problems and not isinstance(exc, Tampered):
+                raise Tampered("; ".join(problems[:3])) from None
+            raise
         return {"event": "timed", "elapsed": seconds}
 
     def save(self, path: str) -> dict[str, Any]:
