@@ -98,6 +98,14 @@ def write(bench: Benchmark, outcome: Outcome) -> None:
     append_row(bench.results / "results.tsv", row(bench, outcome))
 
 
+def headline(names: tuple[str, ...], metrics: dict[str, float]) -> str:
+    """``name=value`` of the first of the method's headline metrics it reported ("" if none)."""
+    for name in names:
+        if name in metrics:
+            return f"{name}={float(metrics[name]):.4g}"
+    return ""
+
+
 def row(bench: Benchmark, o: Outcome) -> dict[str, Any]:
     m = o.measurement if o.measurement and o.measurement.elapsed else None
     top = bench.top
@@ -119,6 +127,7 @@ def row(bench: Benchmark, o: Outcome) -> dict[str, Any]:
         "peak_mem_mb": round(o.measurement.peak_mem_mb, 1) if m else None,
         "output_hash": o.output_hash,
         "verdict": o.verdict,
+        "quality": headline(bench.spec.QUALITY, o.metrics),
         "status": o.status,
         "resumed": o.tags.get("resumed", ""),
         "tag": " ".join(filter(None, [top.run.tag, bench.sweep_id and f"sweep:{bench.sweep_id}"])),
