@@ -42,17 +42,33 @@ VARIANTS: dict[str, tuple[list[str], Launch]] = {
     "t1+noaslr": (["hardware.threads=1"], Launch(NO_ASLR, ONE_THREAD)),
     "t1+malloc": (["hardware.threads=1"], Launch((), ONE_THREAD + MALLOC)),
     "t1+all": (["hardware.threads=1"], Launch(PIN + NO_ASLR, ONE_THREAD + MALLOC)),
+    # the loop's launch (loop.launch defaults), fresh processes vs forked from one template
+    "loop": (["hardware.threads=1"], Launch(NO_ASLR, ONE_THREAD + MALLOC)),
+    "loop+fork": (["hardware.threads=1"], Launch(NO_ASLR, ONE_THREAD + MALLOC)),
 }
+FORKED = {"loop+fork"}  # workers forked from a template (harness/optimize/template.py)
 
 
 def measure(
-    overrides: list[str], launch: Launch, procs: int, rounds: int, seed: int, logs: Path
-) -> dict[str, np.ndarray]:
-    """Log run times (rounds × procs) per clock."""
-    workers = [
-        Worker(Path.cwd(), overrides, logs / f"w{i}.log", 900.0, launch) for i in range(procs)
-    ]
+    overrides: list[str], launch: Launch, procs: int, rounds: int, seed: int, logs: Path,
+    fork: bool = False,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Log run times (rounds × procs) per clock. ``fork``: the workers are forked from one
+    template (lazy: each warms up once, untimed, on an input of its own)."""
     rng = random.Random(seed)
+    template = None
+    if fork:
+        from harness.optimize.template import Template
+
+        template = Template(Path.cwd(), overrides, logs / "template.log", 900.0, launch)
+        workers = [template.fork(logs / f"w{i}.log") for i in range(procs)]
+        for w in workers:
+            w.request("input", fields={"seed": rng.randrange(1, 2**31)})
+            w.request("time")
+    else:
+        workers = [
+            Worker(Path.cwd(), overrides, logs / f"w{i}.log", 900.0, launch) for i in range(procs)
+        ]
     wall = np.zeros((rounds, procs))
     cpu = np.zeros((rounds, procs))
     try:
@@ -68,6 +84,8 @@ def measure(
     finally:
         for w in workers:
             w.close()
+        if template is not None:
+            template.close()
     return {"wall": np.log(wall), "cpu": np.log(cpu)}
 
 
@@ -102,7 +120,8 @@ def main() -> int:
           f"{'bias sd cpu':>12} {'noise cpu':>10}")  # fmt: skip
     for name in args.variants.split(","):
         extra, launch = VARIANTS[name]
-        logt = measure([*common, *extra], launch, args.procs, args.rounds, args.seed, logs)
+        logt = measure([*common, *extra], launch, args.procs, args.rounds, args.seed, logs,
+                       fork=name in FORKED)  # fmt: skip
         bw, nw = summarise(logt["wall"])
         bc, nc = summarise(logt["cpu"])
         med = float(np.exp(np.median(logt["wall"])))

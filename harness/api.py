@@ -5,7 +5,9 @@ from here without pulling in torch: the config is validated before any heavy imp
 
 Config schema: ``MethodConfig``, ``DatasetConfig``, ``rng`` (ranges; ``task=False`` marks an
 execution-only key). Errors: ``UserError``. Running: ``Runtime``, ``RunContext``,
-``RunResult``, ``SeriesPoint``, ``WorkCounter``, ``Checkpoint``. Outputs: ``output_hash``,
+``RunResult``, ``SeriesPoint``, ``WorkCounter``, ``Checkpoint``; progress: ``ctx.plan(phase=n)``
+(epoch i/n, s/epoch, time left, printed by the harness at each ``ctx.mark``) and ``phase(label)``
+(announce a long phase without epochs). Outputs: ``output_hash``,
 ``to_numpy``, ``host``, ``max_relative_l2``. Data: ``read_h5ad``, ``counts_matrix``, ``resolve_user_path``,
 ``pbmc68k_counts``, ``pbmc68k_path``; files: ``atomic_write``. Tools for peer/benchmark scripts: ``prepared``.
 What every glue repeats: ``seed_everything(seed)`` (torch, NumPy, random), ``log(name, message)``.
@@ -40,6 +42,7 @@ _EXPORTS = {
     "pbmc68k_path": "harness.data.counts",
     "prepared": "harness.bench.session",
     "atomic_write": "harness.core.fsio",
+    "phase": "harness.bench.progress",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,6 +21,7 @@ def _install_one_line_errors() -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from harness.config.compose import describe
+    from harness.config.suggest import with_hint
     from harness.core.errors import UserError, print_error
 
     original: Callable[[Callable[[], Any]], Any] = hydra_utils.run_and_report
@@ -31,7 +32,8 @@ def _install_one_line_errors() -> None:
         except (UserError, HydraException, OmegaConfBaseException) as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print_error(describe(exc) if not isinstance(exc, UserError) else exc)
+            message = describe(exc) if not isinstance(exc, UserError) else str(exc)
+            print_error(with_hint(message, [a for a in sys.argv[1:] if not a.startswith("-")]))
             sys.exit(2)
         except Exception as exc:  # a real crash: Hydra's own report, traceback included
             return original(functools.partial(_reraise, exc))
@@ -47,10 +49,15 @@ def main() -> None:
         sys.exit(new_method(sys.argv[2:]))
     if sys.argv[1:2] == ["list"]:
         from harness.config.catalog import lines
+        from harness.core.usage import wants_help
 
+        if wants_help(sys.argv[2:]):
+            print("usage: python -m harness list\n\nThe methods (role, timing, default dataset),")
+            print("the datasets (role), the hardware profiles and the sweep presets.")
+            return
         print("\n".join(lines()))
         return
     _install_one_line_errors()
-    from harness.config.app import task
+    from harness.app import task
 
     task()

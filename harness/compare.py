@@ -2,7 +2,10 @@
 
 import sys
 
-from harness.optimize.compare import main
+from harness.core.usage import run_command
+from harness.optimize import compare as command
+
+USAGE = "usage: python -m harness.compare REV_A REV_B [overrides... | tag=T]"
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(command, USAGE))

@@ -2,7 +2,13 @@
 
 import sys
 
-from harness.optimize.loop import main
+from harness.core.usage import run_command
+from harness.optimize import loop as command
+
+USAGE = (
+    "usage: python -m harness.loop start tag=T [overrides...] | try -d DESCRIPTION "
+    "[tag=T] [--neutral] | status [tag=T] [--measure]"
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(command, USAGE))

@@ -2,7 +2,13 @@
 
 import sys
 
-from harness.reporting.report import main
+from harness.core.usage import run_command
+from harness.reporting import report as command
+
+USAGE = (
+    "usage: python -m harness.report [tag=T | sweep=ID param=KEY "
+    "| study=NAME storage=URL] [paths.results=DIR] [out=PNG]"
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(command, USAGE))

@@ -4,7 +4,15 @@ This module path and its protocol are stable: ``harness.compare`` starts it insi
 commits. The implementation is :mod:`harness.optimize.serve`.
 """
 
-from harness.optimize.serve import main
+import sys
+
+from harness.core.usage import run_command
+from harness.optimize import serve as command
+
+USAGE = (
+    "usage: python -m harness.worker "
+    "[overrides...]   (JSON lines on stdin/stdout; started by the loop and harness.compare)"
+)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(command, USAGE))

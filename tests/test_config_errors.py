@@ -46,3 +46,34 @@ def test_gpu_profile_without_gpu_is_a_clear_error(harness_cli, tmp_path, profile
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"hardware={profile}" in lines[0], proc.stderr
     assert not (tmp_path / "results" / "results.tsv").exists()
+
+
+HINTS = [
+    (["method=cellbender", "method.epoch=3"], "`method.epochs`"),
+    (["method=scbert", "method.epochs=3"], "`method.epochs_a` or `method.epochs_b`"),
+    (["bench.warmpu=2"], "`bench.warmup`"),
+    (["+method.batch_sise=3"], "`method.batch_size`"),  # the schema's error path
+    (["metod.mode=full"], "`method.mode`"),
+]
+
+
+@pytest.mark.parametrize(("args", "guess"), HINTS, ids=[h[0][-1] for h in HINTS])
+def test_unknown_key_suggests_the_closest_valid_key(harness_cli, args, guess):
+    proc = harness_cli(*args)
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    key = args[-1].split("=")[0].lstrip("+")
+    assert line.startswith(f"error: unknown key `{key}`; did you mean {guess}?"), line
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_no_hint_for_a_key_that_exists_or_nothing_close():
+    from harness.config.compose import compose
+    from harness.config.suggest import closest, with_hint
+
+    cfg = compose(["method=scvi"])
+    assert closest("method.max_epochs", cfg) is None  # exists: not an unknown-key error
+    assert closest("method.zzzzqqq", cfg) == []
+    assert closest("method.max_epoch", cfg) == ["method.max_epochs"]
+    other = "config method.step: Value 'big' of type 'str' could not be converted to Float"
+    assert with_hint(other, ["method.step=big"]) == other

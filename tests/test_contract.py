@@ -188,6 +188,29 @@ def test_methods_import_only_the_contract_module() -> None:
     assert not offenders
 
 
+# The harness's floors, lowest first: a module imports (at module level or lazily) only from its
+# own floor or below. Entry modules (harness/*.py: cli, app, api, loop, ...) sit on top.
+FLOORS = {"core": 0, "config": 1, "data": 2, "sinks": 3, "bench": 4, "reporting": 5, "optimize": 5}
+
+
+def _floor(module: str) -> int:
+    parts = module.split(".")
+    return FLOORS.get(parts[1], 9) if len(parts) > 1 else 9
+
+
+def test_no_arrow_from_a_lower_floor_to_a_higher_one() -> None:
+    arrows = []
+    for p in (REPO / "harness").rglob("*.py"):
+        rel = p.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        for dep in _imports(p):
+            if dep.startswith("harness.") and _floor(dep) > _floor(name):
+                arrows.append(f"{name} -> {dep}")
+    assert arrows == [], arrows
+    assert _floor("harness.bench.runner") == 4 and _floor("harness.app") == 9
+    assert _floor("harness.sinks") == 3 and _floor("harness.cli") == 9
+
+
 def test_harness_has_no_import_cycle_and_no_method_code() -> None:
     modules = {}
     for p in (REPO / "harness").rglob("*.py"):

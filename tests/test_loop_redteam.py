@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -404,19 +405,78 @@ for _tree in _glob.glob(_os.path.join(_os.getcwd(), "results", "worktrees", "*")
 
 def test_bytecode_planted_in_the_judges_worktree_is_never_loaded(toy):
     """A candidate's worker writes .pyc files (source mtime and size: all Python checks) into
-    the judge's and the kept side's worktrees; the next, wrong commit is still judged wrong."""
+    the judge's and the kept side's worktrees; the next, wrong commit is still judged wrong.
+    Where the OS sandbox runs, the worktrees are read-only to the worker (its import fails, a
+    crash); the test then plants the bytecode itself, as a worker without the sandbox would."""
+    from harness.optimize import sandbox
+
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + POISON)
     toy.git("add", FAST)
     toy.commit("poison the judge's bytecode")
-    _judge(toy, "r", "poison", statuses=("discard",))
-    planted = list(
-        (toy.root / "results" / "worktrees").glob("*/harness/optimize/__pycache__/decide*.pyc")
-    )
+    row = _judge(toy, "r", "poison", statuses=("discard", "crash"))
+    pattern = "*/harness/optimize/__pycache__/decide*.pyc"
+    planted = list((toy.root / "results" / "worktrees").glob(pattern))
+    if not sandbox.available():
+        assert not planted and row["status"] == "crash", row
+        subprocess.run([sys.executable, "-c", POISON], cwd=toy.root, check=True)
+        planted = list((toy.root / "results" / "worktrees").glob(pattern))
     assert planted, "the attack did not plant its bytecode"
     _edit(toy, "methods/toy/knobs.py", "OFFSET = 0.0", "OFFSET = 0.5")
     toy.commit("wrong, hoping for the poisoned judge")
     row = _judge(toy, "r", "wrong after poisoning", launcher=True)
     assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
+
+
+SCRIBBLE = """
+
+import glob as _glob
+import os as _os
+import site as _site
+
+_TARGETS = [
+    _os.path.join(_site.getsitepackages()[0], "zz_redteam_marker.txt"),
+    _os.path.join(_os.getcwd(), "results", "loop", "r", "zz_redteam_marker.txt"),
+    _os.path.join(_os.getcwd(), ".git", "zz_redteam_marker.txt"),
+    _os.path.join(_os.getcwd(), "methods", "toy", "zz_redteam_marker.txt"),
+    *(
+        _os.path.join(tree, "zz_redteam_marker.txt")
+        for tree in _glob.glob(_os.path.join(_os.getcwd(), "results", "worktrees", "*"))
+    ),
+]
+for _target in _TARGETS:
+    try:
+        with open(_target, "w") as _fh:
+            _fh.write("written by a candidate's worker")
+    except OSError:
+        pass
+"""
+
+
+def test_files_the_judge_trusts_are_read_only_to_workers(toy):
+    """The OS sandbox: a candidate's worker cannot write into site-packages, the loop's state,
+    the git directory, the checkout or the judge's and kept worktrees."""
+    import site
+
+    from harness.optimize import sandbox
+
+    if sandbox.available():
+        pytest.skip(f"no OS sandbox here: {sandbox.available()}")
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + SCRIBBLE)
+    toy.git("add", FAST)
+    toy.commit("scribble over the judge's files")
+    markers = [
+        Path(site.getsitepackages()[0]) / "zz_redteam_marker.txt",
+        *toy.root.glob("**/zz_redteam_marker.txt"),
+    ]
+    try:
+        _judge(toy, "r", "scribble", statuses=("discard",))
+        written = [p for p in [*markers, *toy.root.glob("**/zz_redteam_marker.txt")] if p.exists()]
+        assert written == [], written
+        git_dir = toy.root / ".git" / "zz_redteam_marker.txt"
+        assert not git_dir.exists()
+    finally:
+        for p in [*markers, *toy.root.glob("**/zz_redteam_marker.txt")]:
+            p.unlink(missing_ok=True)
 
 
 SPINNERS = """

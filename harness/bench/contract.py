@@ -211,15 +211,16 @@ def _seal_invariants() -> list[str]:
 
 class TrainView:
     """What editable training code sees of the run context: the step budget, the checkpoint,
-    ``mark``/``record`` and ``steps_left`` — never the work counters."""
+    ``mark``/``record``, ``plan`` and ``steps_left`` — never the work counters."""
 
-    __slots__ = ("checkpoint", "mark", "max_steps", "record", "steps_left", "warmup")
+    __slots__ = ("checkpoint", "mark", "max_steps", "plan", "record", "steps_left", "warmup")
 
     def __init__(self, ctx: RunContext) -> None:
         self.warmup = ctx.warmup
         self.max_steps = ctx.max_steps
         self.checkpoint = ctx.checkpoint
         self.mark = ctx.mark
+        self.plan = ctx.plan
         self.record = ctx.record
         self.steps_left = ctx.steps_left
 
@@ -242,8 +243,10 @@ class RunContext:
         checkpoint: Any = None,
         synchronize: Callable[[], None] = lambda: None,
         listener: Callable[[str, int, float], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         from harness.bench.checkpoint import Checkpoint
+        from harness.bench.progress import EpochProgress
 
         self.warmup = warmup
         self.max_steps = max_steps
@@ -253,6 +256,7 @@ class RunContext:
         self._sync = synchronize
         self._listener = listener  # e.g. a live MLflow run streaming the series
         self._marks: list[float] = []
+        self._progress = EpochProgress(say, warmup) if say is not None else None
         self.started = time.perf_counter()
 
     def record(self, name: str, value: float, step: int, phase: str = "") -> None:
@@ -273,6 +277,14 @@ class RunContext:
         self.record("epoch_s", now - last, step, phase)
         for name, value in metrics.items():
             self.record(name, value, step, phase)
+        if self._progress is not None:  # the console line (rate-limited)
+            self._progress.epoch(step, phase, now - last, {k: float(v) for k, v in metrics.items()})
+
+    def plan(self, **last_step: int) -> None:
+        """The step each phase's last ``mark`` will have (``plan(train=400)``, ``plan(stageA=6,
+        stageB=10)``): the console shows ``epoch i/n`` and the time left."""
+        if self._progress is not None:
+            self._progress.plan(**last_step)
 
     @property
     def samples(self) -> list[float]:

@@ -151,9 +151,16 @@ def warm_up(
     (``repeat``) or one run of ``warmup_steps`` steps (``train``). The benchmark and the loop's
     worker both warm up through this function."""
     n_warm = warmup if m.timing == "repeat" else 1
+    say = reporter.info if reporter is not None else None  # the loop's workers stay quiet
+    if say is not None:
+        say(
+            f"warm-up: {warmup_steps} training steps (untimed) …"
+            if m.timing == "train"
+            else f"warm-up: {n_warm} untimed run{'s' if n_warm > 1 else ''} …"
+        )
     for i in range(n_warm):
         steps = warmup_steps if m.timing == "train" else None
-        ctx = RunContext(warmup=True, max_steps=steps, synchronize=runtime.synchronize)
+        ctx = RunContext(warmup=True, max_steps=steps, synchronize=runtime.synchronize, say=say)
         seconds, _, res = timed_call(warm_run or run, runtime, ctx)
         m.warmup_s.append(seconds)
         # a trainer's warm-up trains a few steps, a drawn input is another input: neither
@@ -195,8 +202,15 @@ def measure(
         warm_up(run, runtime, m, warmup, warmup_steps, digest, reporter, warm_run)
         warm_done()
         reset_peak_memory(runtime)
+        reporter.info(
+            "timed training …"
+            if timing == "train"
+            else f"{n_timed} timed run{'s' if n_timed > 1 else ''} …"
+        )
         for i in range(n_timed):
-            ctx = RunContext(checkpoint=checkpoint, synchronize=sync, listener=listener)
+            ctx = RunContext(
+                checkpoint=checkpoint, synchronize=sync, listener=listener, say=reporter.info
+            )
             seconds, cpu, m.result = timed_call(run, runtime, ctx)
             m.elapsed.append(seconds)
             m.cpu_s.append(cpu)

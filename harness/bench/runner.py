@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,8 +28,10 @@ from harness.bench.seal import Seal, project_root
 from harness.config import validate
 from harness.config.schema import Config
 from harness.config.taskkey import task_params
-from harness.core.errors import UserError, print_error
+from harness.core.errors import UserError
+from harness.core.fsio import atomic_path
 from harness.sinks.console import Reporter
+from harness.sinks.runrecord import Identity, RunRecord, Timings, Tracking
 
 
 @dataclass
@@ -82,12 +83,13 @@ class Benchmark:
         self.code_version = code_version(surface)
         self._lock = threading.Lock()
         self._recorded = False
+        self._record_done = threading.Event()
         # jobs of one sweep share this id (results.tsv tag "sweep:<id>", MLflow tag sweep_id)
         self.sweep_id = os.environ.get("HARNESS_SWEEP_ID", "")
         self.swept: list[str] = []  # the keys the sweep varies, when known (run names)
         self.started = datetime.now(timezone.utc)
         self.finished: datetime | None = None
-        self.live: Any = None  # the live MLflow run of a trainer (sinks/record.py)
+        self._live: Any = None  # a trainer's streaming MLflow run: opaque, the sink's own
         self.prepare_s = float("nan")  # check_inputs + prepare of the benchmark input
 
     # ---- the data flow -------------------------------------------------------------------
@@ -169,8 +171,8 @@ class Benchmark:
         if self.top.tracking.mlflow and self.spec.TIMING == "train":
             from harness.sinks import record
 
-            self.live = record.open_live(self)
-            listener = self.live.add if self.live is not None else None
+            self._live = record.open_live(self.run_record(Outcome(status="running")))
+            listener = self._live.add if self._live is not None else None
         m = measure(
             lambda ctx: method.run(state, ctx),
             self.runtime,
@@ -213,7 +215,8 @@ class Benchmark:
             if not hasattr(method, "write_output"):
                 raise UserError(f"run.output: method {mc.name} does not write output files")
             path = (self.cwd / self.top.run.output).resolve()
-            method.write_output(m.result, data, path)
+            with atomic_path(path) as partial:  # never a half-written file (a crash, Ctrl-C)
+                method.write_output(m.result, data, partial)
             self.reporter.info(f"output written: {path}")
         if mc.parity_output and mc.parity_output in m.outputs:
             outcome.tags["parity_hash"] = parity_hash(m.outputs[mc.parity_output])
@@ -260,70 +263,67 @@ class Benchmark:
         outcome.metrics.update({f"cmp_{k}": v for k, v in metrics.items()})
 
     # ---- sinks ---------------------------------------------------------------------------
-    def record(self, outcome: Outcome) -> bool:
-        """Write the MLflow run and the results.tsv row, once. False if already recorded."""
+    def record(self, outcome: Outcome, wait: bool = False) -> bool:
+        """Write the MLflow run and the results.tsv row, once. False if already recorded
+        (``wait``: after the other record, e.g. the watchdog's, has finished)."""
         from harness.sinks import record
 
         with self._lock:
             if self._recorded:
+                if wait:
+                    self._record_done.wait(600)
                 return False
             self._recorded = True
-        self.finished = datetime.now(timezone.utc)
-        record.write(self, outcome)
+        try:
+            self.finished = datetime.now(timezone.utc)
+            rec = self.run_record(outcome)
+            record.write(rec, self._live)
+            outcome.mlflow_run_id, outcome.error = rec.mlflow_run_id, rec.error
+        finally:
+            self._record_done.set()
         return True
 
     def summary(self, o: Outcome) -> str:
         from harness.sinks.console import benchmark_summary
 
-        return benchmark_summary(self, o)
+        return benchmark_summary(self.run_record(o))
+
+    def run_record(self, o: Outcome) -> RunRecord:
+        """The plain record every sink receives (``harness.sinks.runrecord``)."""
+        from harness.sinks.record import tracking_uri
+
+        top, env, m = self.top, self.env, o.measurement
+        identity = Identity(
+            method=self.method_cfg.name, dataset=self.dataset_cfg.name, hardware=top.hardware.name,
+            timing=self.spec.TIMING, commit=env["commit"], branch=env["branch"],
+            dirty=bool(env["dirty"]), device_name=env["device_name"], dtype=str(env["dtype"]),
+            overrides=tuple(self.overrides), started=self.started, swept=tuple(self.swept),
+            sweep_id=self.sweep_id, tag=top.run.tag or "", description=top.run.description or "",
+            quality=tuple(self.spec.QUALITY),
+        )  # fmt: skip
+        tracking = Tracking(
+            enabled=bool(top.tracking.mlflow), uri=tracking_uri(top.tracking.uri, self.results),
+            experiment=top.tracking.experiment or self.method_cfg.name,
+            live_interval_s=float(top.tracking.live_interval_s), results=self.results,
+        )  # fmt: skip
+        timings = None
+        if m is not None:
+            timed = bool(m.elapsed)
+            timings = Timings(
+                timing=m.timing, elapsed=tuple(m.elapsed), median=m.median if timed else 0.0,
+                min=m.min if timed else 0.0, iqr=m.iqr if timed else 0.0,
+                n_samples=len(m.samples), warmup_s=tuple(m.warmup_s),
+                peak_mem_mb=m.peak_mem_mb, resumed=m.resumed,
+                series=m.result.series_by_key() if timed else {},
+            )  # fmt: skip
+        return RunRecord(
+            identity=identity, tracking=tracking, environment=dict(env),
+            config=OmegaConf.to_container(self.raw, resolve=True),
+            config_yaml=OmegaConf.to_yaml(self.raw, resolve=True), log=self.reporter.text(),
+            status=o.status, finished=self.finished, timings=timings,
+            output_hash=o.output_hash, verdict=o.verdict, metrics=dict(o.metrics),
+            tags=dict(o.tags), error=o.error, mlflow_run_id=o.mlflow_run_id,
+        )  # fmt: skip
 
 
-def run(
-    cfg: DictConfig,
-    valid: validate.Validated,
-    overrides: list[str],
-    sweep_id: str = "",
-    swept: list[str] | None = None,
-) -> Outcome:
-    """Benchmark and record. UserErrors propagate before anything is written.
-
-    ``sweep_id`` tags the run as one job of a sweep ($HARNESS_SWEEP_ID wins when set);
-    ``swept`` names the keys the sweep varies (they lead the run's name).
-    """
-    reporter = Reporter()
-    bench = Benchmark(cfg, valid, overrides, reporter)  # hardware errors raise here
-    bench.sweep_id = bench.sweep_id or sweep_id
-    bench.swept = list(swept or [])
-
-    def on_timeout() -> None:
-        outcome = Outcome(
-            status="timeout",
-            output_hash="TIMEOUT",
-            error=f"timeout after {bench.top.bench.timeout_s} s",
-        )
-        if bench.record(outcome):
-            print_error(f"benchmark exceeded bench.timeout_s={bench.top.bench.timeout_s}")
-            os._exit(124)
-
-    timer = threading.Timer(bench.top.bench.timeout_s, on_timeout)
-    timer.daemon = True
-    timer.start()
-    try:
-        outcome = bench.execute()
-    except UserError:
-        timer.cancel()
-        raise
-    except Exception as exc:
-        timer.cancel()
-        reporter.info("".join(traceback.format_exception(exc)))
-        crash = Outcome(status="crash", output_hash="CRASH", error=f"{type(exc).__name__}: {exc}")
-        bench.record(crash)
-        raise
-    timer.cancel()
-    if not bench.record(outcome):  # the watchdog got there first
-        time.sleep(3600)
-    print(bench.summary(outcome), flush=True)
-    return outcome
-
-
-__all__ = ["Benchmark", "Outcome", "RunResult", "run"]
+__all__ = ["Benchmark", "Outcome", "RunResult"]

@@ -63,11 +63,14 @@ def compose_checked(overrides: list[str]) -> tuple[DictConfig, Any]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from harness.config.suggest import with_hint
     from harness.config.validate import validate_all
     from harness.core.errors import UserError
 
     try:
         cfg, choices = compose(overrides, with_choices=True)
+        return cfg, validate_all(cfg, choices)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(describe(exc)) from None
-    return cfg, validate_all(cfg, choices)
+        raise UserError(with_hint(describe(exc), overrides)) from None
+    except UserError as exc:
+        raise UserError(with_hint(str(exc), overrides)) from None

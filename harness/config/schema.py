@@ -221,6 +221,14 @@ class LaunchConfig:
     no_aslr: bool = True  # setarch -R: the same address-space layout in every process
     malloc: bool = True  # one malloc arena, fixed mmap/trim thresholds
     threads: int = field(default=1, metadata=rng(ge=0))  # hardware.threads of workers (0: keep)
+    # candidate workers forked from one pre-imported template per try (harness/optimize/
+    # template.py) instead of started afresh: start-up paid once per commit. Off until its
+    # per-process bias is measured against fresh processes (benchmarks/process_bias.py)
+    fork: bool = False
+    # workers in a mount namespace where the Python installation, the repository (checkouts,
+    # results, .git) and the loop's files are read-only, but for their scratch and the cache
+    # (harness/optimize/sandbox.py; needs root and util-linux, else off with a note)
+    sandbox: bool = True
 
 
 @dataclass

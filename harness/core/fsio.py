@@ -2,7 +2,7 @@
 
 ``atomic_write`` writes to a temporary file in the target's directory, fsyncs it and renames
 it over the target, so a reader (or a crash) sees the old file or the new one, never half of
-one. ``locked`` holds an exclusive ``flock`` on a file for the duration of a ``with`` block.
+one; ``atomic_path`` does the same for a writer that needs a file name. ``locked`` holds an exclusive ``flock`` on a file for the duration of a ``with`` block.
 """
 
 from __future__ import annotations
@@ -53,6 +53,27 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], None] | bytes | str) -> 
         raise
     fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same suffix) for a writer that wants a file name
+    (``AnnData.write_h5ad``): renamed over ``path`` when the block ends normally, removed when
+    it raises or is interrupted — ``path`` is never left half-written."""
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_dir() or not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to {path}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

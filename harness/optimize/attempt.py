@@ -168,7 +168,10 @@ class Attempt:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f".try-{self.number:03d}-", dir=self.dir))
         self.verdict = "exact"
+        self.template: Any = None  # the candidate's worker template (loop.launch.fork)
         self.details: dict[str, Any] = {"draws": []}
+        if self.loop.launch.sandbox:
+            self.launch = self._sandboxed(self.launch)
         self.candidate_outputs: RunResult | None = None
         self.decision: Decision | None = None
         self.session = Session()
@@ -212,6 +215,20 @@ class Attempt:
                 raise Rejected("rejected", f"{path} imports {bad[0]}")
 
     # ---- workers -----------------------------------------------------------------------
+    def _sandboxed(self, launch: Launch) -> Launch:
+        """``launch`` inside the OS sandbox (:mod:`.sandbox`): what the judge trusts read-only."""
+        from harness.optimize import sandbox
+
+        why = sandbox.available()
+        self.details["sandbox"] = why or "on"
+        if why:
+            return launch
+        cache = (Path.cwd() / self.valid.top.paths.cache).resolve()
+        readonly = [self.root, self.results, gitops.git_dir(self.repo),
+                    Path(self.frozen["judge_tree"]), *sandbox.python_paths()]  # fmt: skip
+        prefix = sandbox.prefix(readonly, writable=[self.dir, cache])
+        return Launch(prefix + launch.prefix, launch.env)
+
     def _overrides(self, commit: str) -> list[str]:
         paths = self.valid.top.paths
         cwd = Path.cwd()
@@ -231,6 +248,15 @@ class Attempt:
         log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}-{pair + 1}.log"
         overrides = self._overrides(commit)
         suspend = role == "candidate"  # stopped between requests: see Worker
+        if role == "candidate" and self.loop.launch.fork and self.loop.warm_round:
+            if self.template is None:  # once per try: imports paid once (template.py)
+                from harness.optimize.template import Template
+
+                tlog = self.dir / f"{self.number:03d}-{self.head[:8]}-template.log"
+                self.template = Template(
+                    checkout, overrides, tlog, self.bench.top.bench.timeout_s, self.launch
+                )
+            return self.template.fork(log, suspend)
         return Worker(
             checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch, suspend,
             lazy=self.loop.warm_round,  # the warm round warms it: no start-up input or run
@@ -397,6 +423,8 @@ class Attempt:
             finally:
                 if client is not None:
                     client.close()
+                if self.template is not None:
+                    self.template.close()
             self.decision = decision
             self.reason = decision.reason
             if decision.action == "keep":

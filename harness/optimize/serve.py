@@ -60,7 +60,8 @@ def _send(payload: dict[str, Any]) -> None:
 class Server:
     """One prepared benchmark answering requests."""
 
-    def __init__(self, overrides: list[str], lazy: bool = False) -> None:
+    def __init__(self, overrides: list[str], lazy: bool = False, seal: Any = None) -> None:
+        """``seal``: taken already (a worker forked from a template, :mod:`.template`)."""
         from harness.bench.contract import RunContext
         from harness.bench.protocol import Measurement, reset_peak_memory, warm_up
         from harness.bench.runner import Benchmark
@@ -71,7 +72,7 @@ class Server:
         cfg, valid = compose_checked(overrides)
         self.bench = Benchmark(cfg, valid, overrides, Reporter(stream=sys.stderr, rich=False))
         # before the method (and its editable modules) is imported: see harness.bench.seal
-        self.seal = Seal.for_files(project_root(), valid.method.readonly)
+        self.seal = seal or Seal.for_files(project_root(), valid.method.readonly)
         self.lazy = lazy
         if lazy:  # no input until the first prepare request (module doc)
             self.method, self.data, self.state = self.bench.build(), None, None
@@ -180,11 +181,11 @@ class Server:
         return {"event": "saved", "hash": digest, "work": result.work}
 
 
-def serve(overrides: list[str]) -> None:
+def serve(overrides: list[str], seal: Any = None) -> None:
     """Set up one benchmark and serve requests until told to quit."""
     import os
 
-    server = Server(overrides, lazy=os.environ.get(LAZY_ENV) == "1")
+    server = Server(overrides, lazy=os.environ.get(LAZY_ENV) == "1", seal=seal)
     bench = server.bench
     _send(
         {
@@ -227,15 +228,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-def main() -> None:
+def main(seal: Any = None) -> None:
+    """The worker's entry point (``seal``: a forked worker's, taken by its template)."""
+    import os
+
     from harness.bench.protocol import Tampered
     from harness.core.errors import UserError
 
     if sys.platform.startswith("linux"):
         _die_with_parent()
-
+    template = seal is None and os.environ.get("HARNESS_WORKER_TEMPLATE") == "1"
     try:
-        serve(sys.argv[1:])
+        if template:  # a template that forks workers (harness.optimize.template)
+            from harness.optimize.template import serve_template
+
+            serve_template(sys.argv[1:])
+        else:
+            serve(sys.argv[1:], seal)
     except UserError as exc:
         _send({"event": "error", "kind": "user", "message": str(exc)})
         sys.exit(2)

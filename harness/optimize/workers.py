@@ -131,11 +131,13 @@ class Worker:
         launch: Launch = Launch(),
         suspend: bool = False,
         lazy: bool = False,
+        expect: str = "ready",
     ) -> None:
         """``suspend``: keep the worker's process group stopped (SIGSTOP) between requests, so
         nothing it started — a thread, a child process — runs while it is not being served
         (while the other side is timed, in particular). ``lazy``: ask it to start without an
-        input (``harness.optimize.serve``, protocol 5); ``self.lazy`` says whether it did."""
+        input (``harness.optimize.serve``, protocol 5); ``self.lazy`` says whether it did.
+        ``expect``: the event its first line must be (``template``: :mod:`.template`)."""
         self.timeout_s = timeout_s
         self.suspend = suspend
         self.log_path = log_path
@@ -157,8 +159,22 @@ class Worker:
             text=True,
             start_new_session=True,  # its own process group: suspended and ended as one
         )
+        self._handshake(expect)
+
+    @classmethod
+    def attach(cls, proc: Any, log_path: Path, timeout_s: float, suspend: bool) -> Worker:
+        """A worker started elsewhere (forked by a template) speaking on ``proc``'s pipes."""
+        self = cls.__new__(cls)
+        self.timeout_s, self.suspend, self.log_path = timeout_s, suspend, log_path
+        self._log = open(log_path, "a")  # noqa: SIM115 - closed in close()
+        self.started = time.monotonic()
+        self.proc = proc
+        self._handshake("ready")
+        return self
+
+    def _handshake(self, expect: str) -> None:
         self.ready = self._read()
-        if self.ready.get("event") != "ready":
+        if self.ready.get("event") != expect:
             raise self._failure(self.ready)
         self._pause()
         self.startup_s = time.monotonic() - self.started

@@ -65,13 +65,13 @@ def summary_lines(fields: list[tuple[str, Any]]) -> list[str]:
     return [f"  {k.ljust(width)} : {v}" for k, v in fields]
 
 
-def benchmark_summary(bench: Any, o: Any) -> str:
-    """The end-of-run summary of a benchmark (``harness.bench.runner.Benchmark``)."""
-    m, env = o.measurement, bench.env
+def benchmark_summary(rec: Any) -> str:
+    """The end-of-run summary of a run's record (``harness.sinks.runrecord.RunRecord``)."""
+    who, m = rec.identity, rec.timings
     fields: list[tuple[str, Any]] = [
-        ("method", f"{bench.method_cfg.name}  dataset {bench.dataset_cfg.name}"),
-        ("hardware", f"{bench.top.hardware.name}  ({env['device_name']}, {env['dtype']})"),
-        ("commit", f"{env['commit'][:12] or '-'}{' (dirty)' if env['dirty'] else ''}"),
+        ("method", f"{who.method}  dataset {who.dataset}"),
+        ("hardware", f"{who.hardware}  ({who.device_name}, {who.dtype})"),
+        ("commit", f"{who.commit[:12] or '-'}{' (dirty)' if who.dirty else ''}"),
     ]
     if m and m.elapsed:
         unit = "epochs" if m.timing == "train" else "runs"
@@ -79,7 +79,7 @@ def benchmark_summary(bench: Any, o: Any) -> str:
             (
                 "elapsed_s",
                 f"{m.median:.4f}  ({m.timing}: min {m.min:.4f}, IQR {m.iqr:.4f} over "
-                f"{len(m.samples)} {unit})",
+                f"{m.n_samples} {unit})",
             ),
             ("warmup_s", f"{sum(m.warmup_s):.4f}"),
             ("peak_mem_mb", f"{m.peak_mem_mb:.1f}"),
@@ -87,11 +87,11 @@ def benchmark_summary(bench: Any, o: Any) -> str:
         if m.resumed:
             fields.append(("resumed", f"from epoch/batch/step {m.resumed}"))
     fields += [
-        ("output_hash", o.output_hash or "-"),
-        ("verdict", o.verdict or "-"),
-        ("status", o.status),
+        ("output_hash", rec.output_hash or "-"),
+        ("verdict", rec.verdict or "-"),
+        ("status", rec.status),
     ]
-    fields += [(k, f"{v:.6g}") for k, v in sorted(o.metrics.items())]
-    if o.mlflow_run_id:
-        fields.append(("mlflow_run_id", o.mlflow_run_id))
+    fields += [(k, f"{v:.6g}") for k, v in sorted(rec.metrics.items())]
+    if rec.mlflow_run_id:
+        fields.append(("mlflow_run_id", rec.mlflow_run_id))
     return "\n".join(["", "== harness summary ==", *summary_lines(fields)])

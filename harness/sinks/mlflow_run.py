@@ -4,7 +4,10 @@ A run is created with the benchmark's real start time (so the UI's Duration is t
 and finished with its end time. Trainers open their run when training starts (status RUNNING)
 and stream the per-epoch series as they happen (:class:`LiveRun`: buffered, flushed by a
 background thread every few seconds, so logging never sits in the timed region); the run ends
-FINISHED, FAILED (a crash: the series so far and the log kept) or KILLED (a timeout).
+FINISHED, FAILED (a crash, or its logging failed: the series so far and the log kept) or
+KILLED (a timeout, SIGINT/SIGTERM). Runs a SIGKILLed process left RUNNING are ended FAILED by
+the next run on the host (:mod:`harness.sinks.orphans`). Every metric, param and tag key goes
+through :func:`harness.sinks.mlflow_names.mlflow_key` (``recall@1`` → ``recall_at_1``).
 Experiments are created as model-training experiments (``mlflow.experimentKind``), so the UI
 opens them on their runs table.
 """
@@ -19,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from harness.sinks.mlflow_names import mlflow_keys
 
 _MAX_PARAM_LEN = 6000
 _BATCH = 100  # MLflow's log_batch limit for params and tags
@@ -84,9 +89,10 @@ def _metric_list(
 ) -> list[Any]:
     from mlflow.entities import Metric
 
-    out = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
+    key = mlflow_keys([*metrics, *series])
+    out = [Metric(key[k], float(v), now, 0) for k, v in metrics.items() if v is not None and v == v]
     out += [
-        Metric(k, float(v), now, int(step))
+        Metric(key[k], float(v), now, int(step))
         for k, points in series.items()
         for step, v in points
         if v is not None and v == v
@@ -94,19 +100,36 @@ def _metric_list(
     return out
 
 
+def _tags(tags: Mapping[str, Any]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    key = mlflow_keys(tags)
+    return [RunTag(key[k], str(v)[:5000]) for k, v in tags.items()]
+
+
 def open_run(
     uri: str, experiment: str, run_name: str, start_ms: int, artifact_root: Path | None,
     tags: Mapping[str, Any] | None = None,
 ) -> str:  # fmt: skip
-    """Create a RUNNING run started at ``start_ms``; returns its id."""
-    from mlflow.entities import RunTag
+    """Create a RUNNING run started at ``start_ms``, tagged with this process (``host``,
+    ``pid``); returns its id. First ends the runs killed processes left RUNNING (orphans.reap).
+    """
+    from harness.sinks.orphans import process_tags, reap
 
     client = _client(uri)
+    reap(client, uri)
     exp_id = _experiment_id(client, experiment, artifact_root)
     run = client.create_run(exp_id, run_name=run_name, start_time=start_ms)
-    if tags:
-        client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    client.log_batch(run.info.run_id, tags=_tags({**process_tags(), **(tags or {})}))
     return run.info.run_id
+
+
+def fail_run(uri: str, run_id: str, error: str) -> None:
+    """End ``run_id`` as FAILED with ``error`` as a tag (best effort: the store may be gone)."""
+    with contextlib.suppress(Exception):
+        client = _client(uri)
+        client.set_tag(run_id, "error", error[:5000])
+        client.set_terminated(run_id, status="FAILED", end_time=int(time.time() * 1000))
 
 
 def log_run(
@@ -129,23 +152,30 @@ def log_run(
     ``series`` are per-step metrics as (step, value) pairs (e.g. per-epoch ELBO); ``texts`` are
     small artifacts (resolved config, run log); ``status`` is FINISHED, FAILED or KILLED.
     """
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = _client(uri)
     if run_id is None:
         run_id = open_run(uri, experiment, run_name, start_ms or int(time.time() * 1000),
                           artifact_root)  # fmt: skip
-    now = int(time.time() * 1000)
-    metric_list = _metric_list(metrics, series, now)
-    param_list = [Param(k[:250], v) for k, v in params.items()]
-    tag_list = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-    for i in range(0, max(len(param_list), len(tag_list), 1), _BATCH):
-        client.log_batch(run_id, params=param_list[i : i + _BATCH], tags=tag_list[i : i + _BATCH])
-    for i in range(0, len(metric_list), _METRIC_BATCH):
-        client.log_batch(run_id, metrics=metric_list[i : i + _METRIC_BATCH])
-    for name, text in texts.items():
-        client.log_text(run_id, text, name)
-    client.set_terminated(run_id, status=status, end_time=end_ms or now)
+    try:
+        now = int(time.time() * 1000)
+        metric_list = _metric_list(metrics, series, now)
+        param_key = mlflow_keys(params)
+        param_list = [Param(param_key[k], v) for k, v in params.items()]
+        tag_list = _tags(tags)
+        for i in range(0, max(len(param_list), len(tag_list), 1), _BATCH):
+            client.log_batch(
+                run_id, params=param_list[i : i + _BATCH], tags=tag_list[i : i + _BATCH]
+            )
+        for i in range(0, len(metric_list), _METRIC_BATCH):
+            client.log_batch(run_id, metrics=metric_list[i : i + _METRIC_BATCH])
+        for name, text in texts.items():
+            client.log_text(run_id, text, name)
+        client.set_terminated(run_id, status=status, end_time=end_ms or now)
+    except BaseException as exc:  # a run whose logging failed is FAILED, never left RUNNING
+        fail_run(uri, run_id, f"logging failed: {type(exc).__name__}: {exc}")
+        raise
     return run_id
 
 

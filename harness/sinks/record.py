@@ -1,29 +1,23 @@
-"""Write a finished benchmark to its sinks: the MLflow run (when enabled) and the results.tsv
-row — the row always, even when tracking fails."""
+"""Write a run's record (:class:`~harness.sinks.runrecord.RunRecord`) to its sinks: the MLflow
+run (when enabled) and the results.tsv row — the row always, even when tracking fails."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any
-
-from omegaconf import OmegaConf
+from pathlib import Path
+from typing import Any
 
 from harness.core.fsio import locked
 from harness.sinks.results_tsv import append_row
-
-if TYPE_CHECKING:
-    from harness.bench.runner import Benchmark, Outcome
+from harness.sinks.runrecord import Identity, RunRecord, Tracking
 
 
-def tracking_uri(bench: Benchmark) -> str:
+def tracking_uri(configured: str | None, results: Path) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the sqlite file in ``results``."""
     from harness.sinks.mlflow_run import default_uri
 
-    return (
-        bench.top.tracking.uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or default_uri(bench.results)
-    )
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
 
 
 def sqlite_lock_path(uri: str) -> str | None:
@@ -43,59 +37,68 @@ def _lock(uri: str) -> Any:
     return locked(path, timeout_s=600) if path else contextlib.nullcontext()
 
 
-def run_name(bench: Benchmark) -> str:
+def run_name(who: Identity) -> str:
     """What a run was: method · dataset · hardware · short commit (· its overrides in a sweep,
     the swept keys first: they tell the sweep's jobs apart)."""
-    parts = [bench.method_cfg.name, bench.dataset_cfg.name, bench.top.hardware.name,
-             bench.env["commit"][:7] or "nogit"]  # fmt: skip
-    if bench.sweep_id:
+    parts = [who.method, who.dataset, who.hardware, who.commit[:7] or "nogit"]
+    if who.sweep_id:
         key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
-        named = [o for o in bench.overrides
+        named = [o for o in who.overrides
                  if key(o).startswith(("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
-        swept = [o for o in bench.overrides if key(o) in bench.swept]
+        swept = [o for o in who.overrides if key(o) in who.swept]
         parts += list(dict.fromkeys([*swept, *named]))[:5]
     return " · ".join(parts)
 
 
-def open_live(bench: Benchmark) -> Any:
+def open_live(rec: RunRecord) -> Any:
     """A RUNNING MLflow run for a trainer, streaming its series (None if MLflow fails now: the
-    final record retries and reports)."""
+    final record retries and reports). The caller hands it back to :func:`write`."""
     from harness.sinks.mlflow_run import LiveRun, open_run
 
-    uri = tracking_uri(bench)
+    t, who = rec.tracking, rec.identity
     try:
-        with _lock(uri):
+        with _lock(t.uri):
             run_id = open_run(
-                uri, bench.top.tracking.experiment or bench.method_cfg.name, run_name(bench),
-                int(bench.started.timestamp() * 1000), _artifacts(bench, uri),
-                {"status": "running", "timing": bench.spec.TIMING},
+                t.uri, t.experiment, run_name(who), int(who.started.timestamp() * 1000),
+                _artifacts(t), {"status": "running", "timing": who.timing},
             )  # fmt: skip
     except Exception:
         return None
-    return LiveRun(uri, run_id, bench.top.tracking.live_interval_s, lambda: _lock(uri))
+    return LiveRun(t.uri, run_id, t.live_interval_s, lambda: _lock(t.uri))
 
 
-def _artifacts(bench: Benchmark, uri: str) -> Any:
-    return bench.results / "mlartifacts" if uri.startswith("sqlite") else None
+def _artifacts(t: Tracking) -> Any:
+    return t.results / "mlartifacts" if t.uri.startswith("sqlite") else None
 
 
-def write(bench: Benchmark, outcome: Outcome) -> None:
-    """MLflow run first (its id goes into the row), then the results.tsv row."""
-    if bench.top.tracking.mlflow:
-        uri = tracking_uri(bench)
+def write(rec: RunRecord, live: Any = None) -> None:
+    """MLflow run first (its id goes into the row and ``rec.mlflow_run_id``), then the
+    results.tsv row. ``live``: the run :func:`open_live` opened, ended here."""
+    if rec.tracking.enabled:
+        uri = rec.tracking.uri
         try:
-            if bench.live is not None:
-                bench.live.close()
+            if live is not None:
+                live.close()
             with _lock(uri):
-                outcome.mlflow_run_id = log_mlflow(bench, outcome, uri)
+                rec.mlflow_run_id = log_mlflow(rec, live)
         except Exception as exc:  # the row must not be lost because tracking failed
             first = " ".join(str(exc).split())[:200]
-            outcome.error = outcome.error or (
-                f"MLflow logging to {uri} failed ({type(exc).__name__}: {first}); the "
-                "results.tsv row is written without an mlflow_run_id (many concurrent jobs need "
-                "a shared tracking server: tracking.uri=http://<host>:5000)"
+            if live is not None:  # opened live, then logging failed: FAILED, not RUNNING
+                from harness.sinks.mlflow_run import fail_run
+
+                fail_run(uri, live.run_id, f"logging failed: {type(exc).__name__}: {first}")
+            busy = any(w in first.lower() for w in ("locked", "timeout", "timed out"))
+            hint = (  # only a store shared by many jobs is helped by a server
+                " (many concurrent jobs need a shared tracking server: "
+                "tracking.uri=http://<host>:5000)"
+                if busy
+                else ""
             )
-    append_row(bench.results / "results.tsv", row(bench, outcome))
+            rec.error = rec.error or (
+                f"MLflow logging to {uri} failed ({type(exc).__name__}: {first}); the "
+                f"results.tsv row is written without an mlflow_run_id{hint}"
+            )
+    append_row(rec.tracking.results / "results.tsv", row(rec))
 
 
 def headline(names: tuple[str, ...], metrics: dict[str, float]) -> str:
@@ -106,99 +109,98 @@ def headline(names: tuple[str, ...], metrics: dict[str, float]) -> str:
     return ""
 
 
-def row(bench: Benchmark, o: Outcome) -> dict[str, Any]:
-    m = o.measurement if o.measurement and o.measurement.elapsed else None
-    top = bench.top
+def row(rec: RunRecord) -> dict[str, Any]:
+    """The record as one results.tsv row."""
+    who, m = rec.identity, rec.timings
+    m = m if m and m.elapsed else None
     return {
-        "timestamp": bench.started.isoformat(timespec="seconds"),
-        "commit": bench.env["commit"][:12],
-        "branch": bench.env["branch"],
-        "dirty": int(bench.env["dirty"]),
-        "method": bench.method_cfg.name,
-        "dataset": bench.dataset_cfg.name,
-        "hardware": top.hardware.name,
-        "device": bench.env["device_name"],
-        "timing": bench.spec.TIMING,
+        "timestamp": who.started.isoformat(timespec="seconds"),
+        "commit": who.commit[:12],
+        "branch": who.branch,
+        "dirty": int(who.dirty),
+        "method": who.method,
+        "dataset": who.dataset,
+        "hardware": who.hardware,
+        "device": who.device_name,
+        "timing": who.timing,
         "elapsed_s": m.median if m else None,
         "elapsed_min": m.min if m else None,
         "elapsed_iqr": m.iqr if m else None,
-        "n_runs": len(m.samples) if m else 0,
-        "warmup_s": sum(o.measurement.warmup_s) if o.measurement else None,
-        "peak_mem_mb": round(o.measurement.peak_mem_mb, 1) if m else None,
-        "output_hash": o.output_hash,
-        "verdict": o.verdict,
-        "quality": headline(bench.spec.QUALITY, o.metrics),
-        "status": o.status,
-        "resumed": o.tags.get("resumed", ""),
-        "tag": " ".join(filter(None, [top.run.tag, bench.sweep_id and f"sweep:{bench.sweep_id}"])),
-        "description": top.run.description or o.error,
-        "overrides": " ".join(bench.overrides),
-        "mlflow_run_id": o.mlflow_run_id,
+        "n_runs": m.n_samples if m else 0,
+        "warmup_s": sum(rec.timings.warmup_s) if rec.timings else None,
+        "peak_mem_mb": round(m.peak_mem_mb, 1) if m else None,
+        "output_hash": rec.output_hash,
+        "verdict": rec.verdict,
+        "quality": headline(who.quality, rec.metrics),
+        "status": rec.status,
+        "resumed": rec.tags.get("resumed", ""),
+        "tag": " ".join(filter(None, [who.tag, who.sweep_id and f"sweep:{who.sweep_id}"])),
+        "description": who.description or rec.error,
+        "overrides": " ".join(who.overrides),
+        "mlflow_run_id": rec.mlflow_run_id,
     }
 
 
-def log_mlflow(bench: Benchmark, o: Outcome, uri: str) -> str:
+def log_mlflow(rec: RunRecord, live: Any = None) -> str:
+    """The record as an MLflow run (ending the ``live`` one when a trainer streamed into it)."""
     from harness.sinks.mlflow_run import flatten, log_run
 
-    m = o.measurement
-    metrics: dict[str, float] = dict(o.metrics)
+    who, m, env = rec.identity, rec.timings, rec.environment
+    metrics: dict[str, float] = dict(rec.metrics)
     series: dict[str, list[tuple[int, float]]] = {}
     if m and m.elapsed:
         metrics.update(
             elapsed_s=m.median,
             elapsed_min=m.min,
             elapsed_iqr=m.iqr,
-            n_runs=len(m.samples),
+            n_runs=m.n_samples,
             warmup_s=sum(m.warmup_s),
             peak_mem_mb=m.peak_mem_mb,
         )
-        streamed = bench.live is not None and not bench.live.errors
+        streamed = live is not None and not live.errors
         series = {
             "run_elapsed_s": list(enumerate(m.elapsed)),
             "warmup_elapsed_s": list(enumerate(m.warmup_s)),
-            **({} if streamed else m.result.series_by_key()),
+            **({} if streamed else m.series),
         }
-    env = bench.env
     tags = {
         **{f"env.{k}": v for k, v in env.items()},
-        "commit": env["commit"],
-        "branch": env["branch"],
-        "dirty": env["dirty"],
-        "output_hash": o.output_hash,
-        "verdict": o.verdict,
-        "status": o.status,
-        "timing": bench.spec.TIMING,
-        "hardware": bench.top.hardware.name,
-        "dataset": bench.dataset_cfg.name,
-        "device_name": env["device_name"],
-        "overrides": " ".join(bench.overrides),
-        "mlflow.note.content": bench.top.run.description,
-        **o.tags,
+        "commit": who.commit,
+        "branch": who.branch,
+        "dirty": who.dirty,
+        "output_hash": rec.output_hash,
+        "verdict": rec.verdict,
+        "status": rec.status,
+        "timing": who.timing,
+        "hardware": who.hardware,
+        "dataset": who.dataset,
+        "device_name": who.device_name,
+        "overrides": " ".join(who.overrides),
+        "mlflow.note.content": who.description,
+        **rec.tags,
     }
-    if bench.top.run.tag:
-        tags["tag"] = bench.top.run.tag
-    if bench.sweep_id:
-        tags["sweep_id"] = bench.sweep_id
-    if o.error:
-        tags["error"] = o.error
-    resolved = OmegaConf.to_container(bench.raw, resolve=True)
-    status = {"crash": "FAILED", "timeout": "KILLED"}.get(o.status, "FINISHED")
-    finished = bench.finished or bench.started
+    if who.tag:
+        tags["tag"] = who.tag
+    if who.sweep_id:
+        tags["sweep_id"] = who.sweep_id
+    if rec.error:
+        tags["error"] = rec.error
+    status = {"crash": "FAILED", "timeout": "KILLED", "killed": "KILLED"}.get(
+        rec.status, "FINISHED"
+    )
+    finished = rec.finished or who.started
     return log_run(
-        uri=uri,
-        experiment=bench.top.tracking.experiment or bench.method_cfg.name,
-        run_name=run_name(bench),
-        params=flatten(resolved),
+        uri=rec.tracking.uri,
+        experiment=rec.tracking.experiment,
+        run_name=run_name(who),
+        params=flatten(rec.config),
         metrics=metrics,
         tags=tags,
         series=series,
-        texts={
-            "config.yaml": OmegaConf.to_yaml(bench.raw, resolve=True),
-            "run.log": bench.reporter.text(),
-        },
+        texts={"config.yaml": rec.config_yaml, "run.log": rec.log},
         status=status,
-        artifact_root=_artifacts(bench, uri),
-        start_ms=int(bench.started.timestamp() * 1000),
+        artifact_root=_artifacts(rec.tracking),
+        start_ms=int(who.started.timestamp() * 1000),
         end_ms=int(finished.timestamp() * 1000),
-        run_id=bench.live.run_id if bench.live is not None else None,
+        run_id=live.run_id if live is not None else None,
     )

@@ -31,6 +31,7 @@ from harness.api import (
     UserError,
     counts_matrix,
     log,
+    phase,
     seed_everything,
 )
 from methods.cellbender import check, priors
@@ -185,6 +186,7 @@ class CellBender:
         ctx.work.watch_gradients(model)
         ctx.work.watch_parameters(model)
         ctx.checkpoint.register(model=model, optimizer=optimizer, scheduler=scheduler)
+        ctx.plan(train=c.epochs)  # the console's epoch i/n and time left
         t0 = time.perf_counter()
         curve = train(
             model, optimizer, scheduler, state.staged, state.plan, state.test, c.epochs,
@@ -199,9 +201,11 @@ class CellBender:
         cells = np.flatnonzero(lat.p > 0.5)
         if ctx.warmup:  # warm the posterior's code paths on a few droplets
             cells = cells[:32]
-        post = noise_posterior(
-            model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
-        )
+        label = f"noise-count posterior of {cells.size} cells, {c.posterior_samples} draws"
+        with phase(f"warm-up: {label}" if ctx.warmup else label, self._log):
+            post = noise_posterior(
+                model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
+            )
         t2 = time.perf_counter()
         x_cells = state.x_analysed[cells][:, state.genes]
         noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)

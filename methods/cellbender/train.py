@@ -164,7 +164,6 @@ def train(
             curve["test_epoch"].append(float(epoch + 1))
             metrics["elbo_test"] = curve["elbo_test"][-1]
         ctx.mark(epoch + 1, "train", **metrics)
-        log(f"epoch {epoch + 1}/{epochs}: elbo {curve['elbo_train'][-1]:.2f}")
         if not ctx.steps_left(step):
             break
         if epoch + 1 < epochs:

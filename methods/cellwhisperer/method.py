@@ -143,6 +143,7 @@ class CellWhisperer:
         ctx.work.watch_parameters(model)
         plan = Plan(c.epochs, c.batch_size, c.lr, c.weight_decay, c.frozen_warmup, c.locking,
                     c.cache, c.seed)  # fmt: skip
+        ctx.plan(text_frozen=c.epochs, unlocked=c.epochs)  # the console's epoch i/n and time left
         t0 = time.perf_counter()
         try:
             stats = train(model, state.cell_tokens, state.text_ids, state.text_mask, plan, ctx.view(),

@@ -110,15 +110,14 @@ def train(
             sched.step()
             step += 1
             pairs += idx.numel()
-            total_loss += float(loss) * idx.numel()
+            total_loss += float(loss.detach()) * idx.numel()
             seen += idx.numel()
             if not ctx.steps_left(step):
                 break
             ck.step_done(epoch, b + 1, step)
-        phase = "unlocked" if step > frozen_until else "warmup"
+        phase = "unlocked" if step > frozen_until else "text_frozen"  # not the harness warm-up
         ctx.mark(epoch + 1, phase, loss=total_loss / max(seen, 1), lr=sched.get_last_lr()[0],
-                 temperature=float(model.log_scale.exp()))  # fmt: skip
-        log(f"epoch {epoch + 1}/{plan.epochs}: loss {total_loss / max(seen, 1):.4f}")
+                 temperature=float(model.log_scale.detach().exp()))  # fmt: skip
         if not ctx.steps_left(step):
             break
         if epoch + 1 < plan.epochs:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.api import atomic_write
+from harness.api import atomic_write, log
 from methods.rctd.likelihood import (
     LikelihoodTables,
     build_x_vals,
@@ -140,6 +140,9 @@ def _try_load(path: Path, k_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return (q, sq, x) if ok else None
 
 
+_BUILT: list[int] = []  # sigmas (x100) whose tables this process built
+
+
 def load_or_build_tables(
     sigma_x100: int, k_val: int, cache_dir: Path, device: torch.device | str = "cpu"
 ) -> LikelihoodTables:
@@ -151,6 +154,10 @@ def load_or_build_tables(
     path = _cache_path(Path(cache_dir), sigma_x100, k_val)
     loaded = _try_load(path, k_val) if path.exists() else None
     if loaded is None:
+        if not _BUILT:  # one line for all the tables this process builds
+            log("rctd", f"building likelihood tables (K_val={k_val}) for the σ values visited, "
+                f"once: cached in {path.parent} …")  # fmt: skip
+        _BUILT.append(sigma_x100)
         x = build_x_vals()
         q = compute_q_table(sigma_x100 / 100.0, x, k_val, device=device)
         sq = spline_second_derivatives(q, x)

@@ -145,6 +145,7 @@ class ScBERTMethod:
         ctx.work.watch_parameters(model)
         plan = Plan(c.epochs_a, c.epochs_b, c.batch_size, c.lr, c.kl_weight, c.kl_warmup_epochs,
                     c.prune_step, c.prune_target, c.prune_epochs, c.prune_tolerance, c.seed)  # fmt: skip
+        ctx.plan(stageA=c.epochs_a, stageB=c.epochs_a + c.epochs_b)  # console: epoch i/n, time left
         t0 = time.perf_counter()
         with self.runtime.autocast_context():
             log = train(model, state.x_train, state.y_train, state.x_val, state.y_val,

@@ -95,7 +95,7 @@ def _epoch(
         torch.nn.utils.clip_grad_norm_(model.head.parameters(), 1.0)
         opt.step()
         model.head.clamp_logvar()
-        total += float(loss) * idx.numel()
+        total += float(loss.detach()) * idx.numel()
         n += idx.numel()
         step[0] += 1
         if not ctx.steps_left(step[0]):
@@ -142,7 +142,6 @@ def train(
         f1 = macro_f1(predict(model, x_val), y_val, n_classes)
         phase = "stageB" if stage_b else "stageA"
         ctx.mark(epoch + 1, phase, loss=loss, val_macro_f1=f1, kl_weight=kl_w)
-        log(f"{phase} epoch {epoch + 1}: loss {loss:.4f}, val macro-F1 {f1:.3f}")
         if not ctx.steps_left(step[0]):
             return out
         ck.epoch_done(epoch + 1, step[0])

@@ -283,6 +283,7 @@ class SCVI:
                 return dev_src.epoch(state.train_idx, c.batch_size, c.seed, epoch, start)
 
         ctx.checkpoint.register(model=model, optimizer=optimizer)
+        ctx.plan(train=state.schedule.max_epochs)  # the console's epoch i/n and time left
         self.last = train(
             model, optimizer, epochs, state.schedule, ctx.view(), rt.autocast_context, self._log
         )

@@ -144,7 +144,6 @@ def train(
         result.seconds += seconds
         ctx.mark(epoch + 1, "train", elbo_train=rec + kl, reconstruction=rec, kl_local=kl,
                  kl_weight=kl_w)  # fmt: skip
-        log(f"epoch {epoch + 1}/{schedule.max_epochs}: elbo {rec + kl:.4f}, kl_weight {kl_w:.4g}")
         if not ctx.steps_left(step):
             break
         done = epoch + 1 == schedule.max_epochs or (

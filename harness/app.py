@@ -55,15 +55,26 @@ def task(cfg: DictConfig) -> float:
     sweep = sweep_id()
     try:
         valid = validate_all(cfg, choices)  # before importing torch: config errors come fast
-        from harness.bench import runner
+        from harness.bench import supervise
 
-        outcome = runner.run(cfg, valid, overrides, sweep_id=sweep,
+        outcome = supervise.run(cfg, valid, overrides, sweep_id=sweep,
                              swept=swept_keys() if sweep else [])  # fmt: skip
     except UserError as exc:
-        print_error(exc)
+        from harness.config.suggest import with_hint
+
+        print_error(with_hint(str(exc), overrides))
         if sweep:
             raise
         sys.exit(2)
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: recorded as killed; a sweep stops too
+        from harness.core.signals import as_interrupted
+
+        stop = as_interrupted(exc)
+        done = (
+            ": the run is recorded as killed (results.tsv status=killed)" if stop.recorded else ""
+        )
+        print_error(f"interrupted by {stop.name}{done}")
+        sys.exit(stop.exit_code)
     if outcome.error:
         print_error(outcome.error)
         if sweep:

@@ -1,0 +1,40 @@
+"""The loop with candidate workers forked from a template (``loop.launch.fork``): one template
+per try, its workers judged exactly as fresh ones — a real speed-up kept, a wrong output
+discarded — and nothing left running."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.sinks.results_tsv import read_rows
+from tests.loop_repo import TOY, LoopRepo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    r = LoopRepo(tmp_path_factory.mktemp("forkrepo"))
+    started = r.loop("start", "tag=f", *TOY, "loop.launch.fork=true")
+    assert started.returncode == 0, started.stderr
+    yield r
+    from harness.optimize.keeper import shutdown
+
+    shutdown(r.root / "results" / "loop" / "f" / "keeper.sock")
+
+
+def test_forked_candidates_are_judged_like_fresh_ones(repo):
+    attempts = repo.root / "results" / "attempts" / "f"
+    repo.set_knob("SLEEP_S", "0.03", "faster")
+    kept = repo.loop("try", "-d", "sleep less")
+    assert kept.returncode == 0, kept.stderr
+    row = read_rows(repo.root / "results" / "results.tsv")[-1]
+    assert (row["status"], row["verdict"]) == ("keep", "exact"), row["description"]
+    templates = list(attempts.glob("*-template.log"))
+    candidates = list(attempts.glob("*-candidate-*.log"))
+    assert len(templates) == 1 and len(candidates) >= 2  # one template, a worker per pair
+    assert all("prepare done" not in c.read_text() for c in candidates)  # lazy: no start input
+    head = repo.set_knob("OFFSET", "0.25", "wrong")
+    wrong = repo.loop("try", "-d", "wrong output")
+    assert wrong.returncode == 0, wrong.stderr
+    row = read_rows(repo.root / "results" / "results.tsv")[-1]
+    assert (row["status"], row["verdict"]) == ("discard", "wrong") and repo.head() != head
+    assert "worker start-up" in wrong.stdout  # every decision says where the time went
