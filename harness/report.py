@@ -6,7 +6,7 @@ from harness.core.usage import run_command
 from harness.reporting import report as command
 
 USAGE = (
-    "usage: python -m harness.report [tag=T | sweep=ID param=KEY "
+    "usage: python -m harness.report [tag=T | sweep=ID [param=KEY] "
     "| study=NAME storage=URL] [paths.results=DIR] [out=PNG]"
 )
 
