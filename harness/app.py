@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,12 +21,12 @@ def sweep_id() -> str:
     """The id every job of this multirun shares ("" for a single run): Hydra's sweep dir,
     e.g. ``2025-06-01_12-00-00``, prefixed by the ``+sweep=`` preset's name when there is one.
     """
+    from harness.reporting.sweep import sweep_id_of
+
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return ""
-    stamp = re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(Path(hc.sweep.dir).parts[-2:]))
-    preset = hc.runtime.choices.get("sweep")
-    return f"{preset}-{stamp}" if preset else stamp
+    return sweep_id_of(str(hc.sweep.dir), hc.runtime.choices.get("sweep"))
 
 
 def swept_keys() -> list[str]:

@@ -93,4 +93,4 @@ def test_zero_shot_on_held_out_cells_and_wordings(tmp_path):
 
     out = anndata.read_h5ad(tmp_path / "zs.h5ad")
     assert out.obsm["X_cellwhisperer"].shape[1] == 256 and "predicted_label" in out.obs
-    assert torch.is_tensor(torch.as_tensor(out.obsm["prompt_scores"]))
+    assert torch.is_tensor(torch.as_tensor(out.obsm["prompt_scores"].to_numpy()))

@@ -69,6 +69,13 @@ def test_sweep_jobs_share_one_sweep_id_in_rows_and_mlflow(multirun, tmp_path):
     assert len(runs) == 2 and set(runs["tags.sweep_id"]) == {sweep}
     assert set(runs["tags.tag"]) == {"t1"}
     assert set(runs["params.method.batch_size"]) == {"150", "300"}
+    # the end of the sweep: one table of its jobs (swept values, verdict, time, quality), its id
+    table = proc.stdout[proc.stdout.index(f"sweep {sweep}: 2 job(s)") :]
+    assert f"sweep id: {sweep}" in table and "truth_dominant_accuracy" in table
+    head, one, two = table.splitlines()[1:4]
+    assert head.split()[:5] == ["#", "batch_size", "status", "verdict", "elapsed_s"]
+    assert one.split()[:4] == ["1", "150", "baseline", "none"]
+    assert two.split()[:4] == ["2", "300", "run", "exact"]
 
 
 def test_failed_jobs_do_not_stop_the_sweep_and_keep_their_rows(multirun, tmp_path):
@@ -86,6 +93,7 @@ def test_failed_jobs_do_not_stop_the_sweep_and_keep_their_rows(multirun, tmp_pat
     assert "method.batch_size=300" in row["overrides"]
     assert row["mlflow_run_id"] == "" and row["status"] == "baseline"
     assert f"MLflow logging to {uri} failed" in row["description"]
+    assert "job(s) recorded" in proc.stdout and "sweep id: " in proc.stdout  # still summarised
 
 
 def test_single_run_joins_a_sweep_through_the_environment(harness_cli, tmp_path, monkeypatch):

@@ -198,10 +198,13 @@ def test_output_h5ad_roundtrip(tmp_path, doublet_run, multi_run, which):
     assert (
         back.n_obs == data["spatial"].n_obs and back.obs["rctd_kept"].to_numpy().sum() == mask.sum()
     )
-    w = back.obsm["rctd_weights"]
-    np.testing.assert_array_equal(w[mask], out["weights"])
-    np.testing.assert_allclose(back.obsm["rctd_weights_norm"][mask].sum(1), 1.0, atol=1e-12)
+    w = back.obsm["rctd_weights"]  # a DataFrame: pixels × named cell types
     names = list(back.uns["rctd"]["cell_type_names"])
+    assert list(w.columns) == names and list(w.index) == list(back.obs_names)
+    np.testing.assert_array_equal(w.to_numpy()[mask], out["weights"])
+    assert np.isnan(w.to_numpy()[~mask]).all()
+    norm = back.obsm["rctd_weights_norm"].to_numpy()
+    np.testing.assert_allclose(norm[mask].sum(1), 1.0, atol=1e-12)
     assert names == method.type_names and back.uns["rctd"]["mode"] == which
     assert back.uns["rctd"]["sigma"] == pytest.approx(0.3)
     assert back.uns["rctd"]["config"]["sigma_override"] == 30
@@ -217,9 +220,9 @@ def test_output_h5ad_roundtrip(tmp_path, doublet_run, multi_run, which):
         assert list(spot.cat.categories) == list(SPOT_CLASSES)
         np.testing.assert_array_equal(spot.cat.codes.to_numpy()[mask], out["spot_class"])
         assert (first.to_numpy()[mask] == np.array(names)[out["first_type"]]).all()
-        np.testing.assert_array_equal(
-            back.obsm["rctd_weights_doublet"][mask], out["weights_doublet"]
-        )
+        pair = back.obsm["rctd_weights_doublet"]
+        assert list(pair.columns) == ["first_type", "second_type"]
+        np.testing.assert_array_equal(pair.to_numpy()[mask], out["weights_doublet"])
     else:
         np.testing.assert_array_equal(back.obs["rctd_n_types"].to_numpy()[mask], out["n_types"])
         np.testing.assert_array_equal(

@@ -55,3 +55,15 @@ def test_foreign_header_is_refused_and_left_untouched(tmp_path):
     with pytest.raises(UserError, match="header"):
         append_row(path, {"status": "run"})
     assert path.read_text() == "a\tb\n1\t2\n"
+
+
+def test_file_without_the_quality_column_is_migrated_once(tmp_path):
+    path = tmp_path / "results.tsv"
+    old = [c for c in COLUMNS if c != "quality"]
+    first = {c: "" for c in old} | {"method": "rctd", "status": "baseline", "elapsed_s": "1.5"}
+    path.write_text("\t".join(old) + "\n" + "\t".join(first[c] for c in old) + "\n")
+    append_row(path, {"method": "scvi", "status": "run", "quality": "elbo_heldout=812.3"})
+    assert path.read_text().splitlines()[0] + "\n" == HEADER
+    a, b = read_rows(path)
+    assert (a["method"], a["elapsed_s"], a["quality"]) == ("rctd", "1.5", "")
+    assert (b["method"], b["quality"]) == ("scvi", "elbo_heldout=812.3")

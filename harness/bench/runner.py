@@ -299,6 +299,7 @@ class Benchmark:
             dirty=bool(env["dirty"]), device_name=env["device_name"], dtype=str(env["dtype"]),
             overrides=tuple(self.overrides), started=self.started, swept=tuple(self.swept),
             sweep_id=self.sweep_id, tag=top.run.tag or "", description=top.run.description or "",
+            quality=tuple(self.spec.QUALITY),
         )  # fmt: skip
         tracking = Tracking(
             enabled=bool(top.tracking.mlflow), uri=tracking_uri(top.tracking.uri, self.results),

@@ -62,13 +62,16 @@ class MethodConfig:
       are the samples);
     - ``DETERMINISM``: ``bitwise`` (runs must hash equal) or ``statistical`` (the tolerance
       tier decides; hashes are still recorded);
-    - ``AUTOCAST``: the autocast precisions the method supports (``bf16``, ``fp16``).
+    - ``AUTOCAST``: the autocast precisions the method supports (``bf16``, ``fp16``);
+    - ``QUALITY``: its headline quality metrics in order of preference (the first that
+      ``quality()`` returns is the run's ``quality`` in results.tsv, sweep tables and reports).
     """
 
     ROLE: ClassVar[str] = ""
     TIMING: ClassVar[str] = "repeat"
     DETERMINISM: ClassVar[str] = "bitwise"
     AUTOCAST: ClassVar[tuple[str, ...]] = ()
+    QUALITY: ClassVar[tuple[str, ...]] = ()
 
     name: str = MISSING
     _target_: str = MISSING

@@ -101,6 +101,14 @@ def write(rec: RunRecord, live: Any = None) -> None:
     append_row(rec.tracking.results / "results.tsv", row(rec))
 
 
+def headline(names: tuple[str, ...], metrics: dict[str, float]) -> str:
+    """``name=value`` of the first of the method's headline metrics it reported ("" if none)."""
+    for name in names:
+        if name in metrics:
+            return f"{name}={float(metrics[name]):.4g}"
+    return ""
+
+
 def row(rec: RunRecord) -> dict[str, Any]:
     """The record as one results.tsv row."""
     who, m = rec.identity, rec.timings
@@ -123,6 +131,7 @@ def row(rec: RunRecord) -> dict[str, Any]:
         "peak_mem_mb": round(m.peak_mem_mb, 1) if m else None,
         "output_hash": rec.output_hash,
         "verdict": rec.verdict,
+        "quality": headline(who.quality, rec.metrics),
         "status": rec.status,
         "resumed": rec.tags.get("resumed", ""),
         "tag": " ".join(filter(None, [who.tag, who.sweep_id and f"sweep:{who.sweep_id}"])),

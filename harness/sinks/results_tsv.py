@@ -1,7 +1,8 @@
 """results.tsv: one row per benchmark, appended atomically under an exclusive lock.
 
 A file written by an older harness (a known earlier header) is migrated once, under the same
-lock, to the current columns (new columns empty, ``weights_hash`` renamed ``output_hash``);
+lock, to the current columns (new columns empty, ``weights_hash`` renamed ``output_hash``;
+``quality``: the method's headline metric as ``name=value``);
 rows are never lost or reordered. A file with an unknown header is refused.
 """
 
@@ -33,6 +34,7 @@ COLUMNS: tuple[str, ...] = (
     "peak_mem_mb",
     "output_hash",
     "verdict",
+    "quality",
     "status",
     "resumed",
     "tag",
@@ -65,6 +67,7 @@ _V1 = [
     "overrides",
     "mlflow_run_id",
 ]
+_V2 = [c for c in COLUMNS if c != "quality"]  # before the headline quality column
 _RENAMED = {"weights_hash": "output_hash"}
 
 
@@ -86,7 +89,7 @@ def format_row(row: Mapping[str, Any]) -> str:
 
 
 def _migrate(path: Path, text: str) -> None:
-    """Rewrite a v1 file with the current columns (called under the lock)."""
+    """Rewrite an older file with the current columns (called under the lock)."""
     lines = text.splitlines()
     old = lines[0].split("\t")
     rows = [dict(zip(old, line.split("\t"), strict=True)) for line in lines[1:] if line]
@@ -112,7 +115,7 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
                 payload = HEADER.encode() + line
             else:
                 first = os.pread(fd, 4096, 0).decode(errors="replace").split("\n", 1)[0]
-                if first.split("\t") == _V1:
+                if first.split("\t") in (_V1, _V2):
                     os.close(fd)
                     _migrate(path, path.read_text())
                     fd = os.open(path, os.O_RDWR | os.O_APPEND, 0o644)

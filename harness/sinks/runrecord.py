@@ -31,6 +31,7 @@ class Identity:
     overrides: tuple[str, ...]
     started: datetime
     swept: tuple[str, ...] = ()  # the keys a sweep varies (they lead the run's name)
+    quality: tuple[str, ...] = ()  # the method's headline quality metrics (schema QUALITY)
     sweep_id: str = ""
     tag: str = ""  # run.tag
     description: str = ""  # run.description

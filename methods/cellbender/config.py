@@ -76,6 +76,7 @@ class CellBenderConfig(MethodConfig):
     TIMING: ClassVar[str] = "train"
     # SVI draws and (on GPUs) atomics: the tolerance decides, not the bytes
     DETERMINISM: ClassVar[str] = "statistical"
+    QUALITY: ClassVar[tuple[str, ...]] = ("cell_f1", "cells_called")  # headline metric(s)
 
     # ---- data: which droplets and genes are analysed ----
     expected_cells: int | None = field(default=None, metadata=rng(ge=1))  # null: from priors

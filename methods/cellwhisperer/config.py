@@ -63,6 +63,7 @@ class CellWhispererConfig(MethodConfig):
     ROLE: ClassVar[str] = "cells+captions"
     TIMING: ClassVar[str] = "train"
     DETERMINISM: ClassVar[str] = "statistical"  # bf16 runs and GPU atomics vary bytewise
+    QUALITY: ClassVar[tuple[str, ...]] = ("zeroshot_top1",)  # headline metric(s)
     AUTOCAST: ClassVar[tuple[str, ...]] = ("bf16",)
 
     # ---- transcriptome tower ----

@@ -57,6 +57,8 @@ class CellWhisperer:
     def __init__(self, cfg: CellWhispererConfig, runtime: Runtime) -> None:
         self.cfg = cfg
         self.runtime = runtime
+        self._inputs: tuple[torch.Tensor, ...] | None = None  # all cells (write_output)
+        self._model: Any = None  # the last run's trained model (write_output)
 
     def _log(self, message: str) -> None:
         log("cellwhisperer", message)
@@ -108,6 +110,7 @@ class CellWhisperer:
         ids, mask = text(captions)
         p_ids, p_mask = text([PROMPT.format(type=lab) for lab in labels])
         tr, te = torch.as_tensor(np.flatnonzero(train)), torch.as_tensor(np.flatnonzero(test))
+        self._inputs = (tokens, ids, mask)
         self._log(f"{int(train.sum())} training pairs, {int(test.sum())} evaluation cells, "
                   f"{len(labels)} labels, {x.shape[1]} genes, text vocabulary {text.vocab_size}")  # fmt: skip
         return WhisperState(
@@ -152,6 +155,7 @@ class CellWhisperer:
         _, prompts = embed(model, state.eval_tokens[:1], state.prompt_ids, state.prompt_mask)
         scale = model.log_scale.detach().exp()
         t2 = time.perf_counter()
+        self._model = model
         heads = {f"{k}": v.detach().clone() for k, v in model.state_dict().items()
                  if k.startswith(("cell_head.", "text_head."))}  # fmt: skip
         outputs = {
@@ -178,6 +182,18 @@ class CellWhisperer:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
+        """Every cell with its embeddings, prompt scores and split (``output.py``): the test
+        cells' from the timed run, the others' from one more pass of the trained model."""
         from methods.cellwhisperer.output import write_h5ad
+        from methods.cellwhisperer.train import embed
 
-        write_h5ad(result.outputs, data[ROLE], Path(path))
+        assert self._model is not None and self._inputs is not None, "write_output before run"
+        tokens, ids, mask = self._inputs
+
+        def encode(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            i = torch.as_tensor(rows)
+            cells, texts = embed(self._model, tokens[i.to(tokens.device)], ids[i].to(tokens.device),
+                                 mask[i].to(tokens.device))  # fmt: skip
+            return cells.float().cpu().numpy(), texts.float().cpu().numpy()
+
+        write_h5ad(result.outputs, data[ROLE], Path(path), encode)

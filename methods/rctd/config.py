@@ -65,6 +65,7 @@ class RCTDConfig(MethodConfig):
     ROLE: ClassVar[str] = "spatial+reference"
     TIMING: ClassVar[str] = "repeat"
     DETERMINISM: ClassVar[str] = "bitwise"
+    QUALITY: ClassVar[tuple[str, ...]] = ("truth_dominant_accuracy",)  # headline metric(s)
 
     dtype: str = field(default="float64", metadata=rng(choices=["float32", "float64"], task=False))
     mode: str = field(default="full", metadata=rng(choices=["full", "doublet", "multi"]))

@@ -3,12 +3,14 @@
 A copy of the spatial AnnData with, for every pixel (rows of pixels the filters dropped are
 NaN / missing, ``obs['rctd_kept']`` False):
 
-- ``obsm['rctd_weights']`` full-mode weights (raw), ``obsm['rctd_weights_norm']`` (rows sum 1);
+- ``obsm['rctd_weights']`` full-mode weights (raw), ``obsm['rctd_weights_norm']`` (rows sum 1):
+  DataFrames with one column per cell type (spacexr's ``results$weights``);
 - ``obs['rctd_first_type']``, ``obs['rctd_second_type']`` (categorical type names): the two
   largest full-mode weights, or the doublet pair, or the first two multi-mode types;
 - doublet mode: ``obs['rctd_spot_class']`` (categorical: reject, singlet, doublet_certain,
-  doublet_uncertain), ``obsm['rctd_weights_doublet']`` (first, second), ``obs['rctd_min_score']``,
-  ``obs['rctd_singlet_score']``, ``obs['rctd_first_class']``, ``obs['rctd_second_class']``;
+  doublet_uncertain), ``obsm['rctd_weights_doublet']`` (a DataFrame: first_type, second_type),
+  ``obs['rctd_min_score']``, ``obs['rctd_singlet_score']``, ``obs['rctd_first_class']``,
+  ``obs['rctd_second_class']``;
 - multi mode: ``obs['rctd_n_types']``, ``obs['rctd_cell_types']`` (names joined by ``,``),
   ``obsm['rctd_sub_weights']``, ``obsm['rctd_cell_type_indices']`` (-1 padded),
   ``obsm['rctd_conf_list']``, ``obs['rctd_min_score']``;
@@ -29,6 +31,7 @@ from harness.api import to_numpy
 from methods.rctd.check import row_normalise
 from methods.rctd.doublet import SPOT_CLASSES
 
+DOUBLET_COLUMNS = ["first_type", "second_type"]
 _BASE_KEYS = {"name", "_target_", "_schema_", "editable", "readonly", "search_space"}
 
 
@@ -61,15 +64,18 @@ def write_h5ad(
     adata = spatial.copy()
     weights = out["weights"].astype(np.float64)
     adata.obs["rctd_kept"] = mask
-    adata.obsm["rctd_weights"] = _expand(weights, mask, np.nan)
-    adata.obsm["rctd_weights_norm"] = _expand(row_normalise(weights), mask, np.nan)
+    index = adata.obs_names
+    adata.obsm["rctd_weights"] = pd.DataFrame(_expand(weights, mask, np.nan), index, names)
+    norm = _expand(row_normalise(weights), mask, np.nan)
+    adata.obsm["rctd_weights_norm"] = pd.DataFrame(norm, index, names)
     top = np.argsort(-weights, axis=1, kind="stable")
     first, second = top[:, 0], top[:, 1]
     if cfg.mode == "doublet":
         first, second = out["first_type"], out["second_type"]
         codes = _expand(out["spot_class"].astype(np.int64), mask, -1)
         adata.obs["rctd_spot_class"] = pd.Categorical.from_codes(codes, categories=SPOT_CLASSES)
-        adata.obsm["rctd_weights_doublet"] = _expand(out["weights_doublet"], mask, np.nan)
+        pair = _expand(out["weights_doublet"], mask, np.nan)
+        adata.obsm["rctd_weights_doublet"] = pd.DataFrame(pair, index, DOUBLET_COLUMNS)
         for key in ("min_score", "singlet_score"):
             adata.obs[f"rctd_{key}"] = _expand(out[key].astype(np.float64), mask, np.nan)
         for key in ("first_class", "second_class"):

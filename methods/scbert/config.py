@@ -70,6 +70,7 @@ class ScBERTConfig(MethodConfig):
     TIMING: ClassVar[str] = "train"
     # the Bayesian head is sampled; bf16 runs differ bytewise
     DETERMINISM: ClassVar[str] = "statistical"
+    QUALITY: ClassVar[tuple[str, ...]] = ("macro_f1",)  # headline metric(s)
     AUTOCAST: ClassVar[tuple[str, ...]] = ("bf16",)
 
     bin_num: int = field(default=5, metadata=rng(ge=1))

@@ -55,6 +55,8 @@ class ScBERTMethod:
     def __init__(self, cfg: ScBERTConfig, runtime: Runtime) -> None:
         self.cfg = cfg
         self.runtime = runtime
+        self._tokens: torch.Tensor | None = None  # every cell's tokens (write_output)
+        self._model: ScBERT | None = None  # the last run's trained model (write_output)
 
     def _log(self, message: str) -> None:
         log("scbert", message)
@@ -113,6 +115,7 @@ class ScBERTMethod:
 
         train_m, val_m = (split == "train") & ~novel, (split == "val") & ~novel
         eval_cells = np.flatnonzero(split == "test")
+        self._tokens = tok
         self._log(f"{int(train_m.sum())} training, {int(val_m.sum())} validation, {eval_cells.size} "
                   f"evaluation cells ({int(novel.sum())} novel); {len(classes)} classes; "
                   f"{adata.n_vars} genes")  # fmt: skip
@@ -151,6 +154,7 @@ class ScBERTMethod:
         x_eval = state.x_eval[:16] if ctx.warmup else state.x_eval
         pred = mc_predict(model, x_eval, c.mc_samples, c.seed, naive=c.naive_mc)
         t2 = time.perf_counter()
+        self._model = model
         head = {f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}
         outputs = {
             **head,
@@ -176,6 +180,17 @@ class ScBERTMethod:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
+        """Every cell with its prediction and split (``output.py``): the test cells' from the
+        timed run, the others' from one more Monte-Carlo pass of the trained model."""
         from methods.scbert.output import write_h5ad
 
-        write_h5ad(result.outputs, data[ROLE], Path(path), self.cfg.unassign_threshold)
+        assert self._model is not None and self._tokens is not None, "write_output before run"
+        c, tokens, model = self.cfg, self._tokens, self._model
+
+        def predict(rows: np.ndarray) -> dict[str, np.ndarray]:
+            idx = torch.as_tensor(rows, device=tokens.device)
+            pred = mc_predict(model, tokens[idx], c.mc_samples, c.seed, naive=c.naive_mc)
+            return {k: getattr(pred, k).float().cpu().numpy() for k in ("probs", "entropy",
+                                                                         "mutual_info")}  # fmt: skip
+
+        write_h5ad(result.outputs, data[ROLE], Path(path), c.unassign_threshold, predict)

@@ -48,6 +48,11 @@ class SCVIConfig(MethodConfig):
     TIMING: ClassVar[str] = "train"
     # CUDA scatter-adds (atomics) and bf16/fp16 autocast make bytes vary between runs
     DETERMINISM: ClassVar[str] = "statistical"
+    QUALITY: ClassVar[tuple[str, ...]] = (
+        "truth_latent_r2",
+        "label_purity_latent",
+        "elbo_heldout",
+    )  # headline metric(s)
     AUTOCAST: ClassVar[tuple[str, ...]] = ("bf16", "fp16")
 
     # ---- model (scvi-tools VAE defaults) ----

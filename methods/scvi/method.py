@@ -78,6 +78,7 @@ class SCVI:
         self.runtime = runtime
         self.last: TrainResult | None = None
         self._eval_cells: np.ndarray | None = None
+        self._prepared: tuple[SCVIState, HostData] | None = None  # for write_output
 
     def _log(self, message: str) -> None:
         log("scvi", message)
@@ -229,7 +230,7 @@ class SCVI:
             f"{len(batch_bounds(train_idx.size, c.batch_size))} steps"
         )
         self._eval_cells = cells[eval_idx]
-        return SCVIState(
+        state = SCVIState(
             shape=shape,
             schedule=schedule,
             source=source,
@@ -244,6 +245,8 @@ class SCVI:
             lib_means=torch.as_tensor(lib_means, dtype=rt.dtype),
             lib_vars=torch.as_tensor(lib_vars, dtype=rt.dtype),
         )
+        self._prepared = (state, host)
+        return state
 
     # ---- the timed run -------------------------------------------------------------------
     def build(self, state: SCVIState) -> VAE:
@@ -333,13 +336,9 @@ class SCVI:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
-        """The held-out cells' latent means as an h5ad (obsm["X_scVI"])."""
-        import anndata
+        """Every input cell and gene, the latent in obsm["X_scVI"] (``output.py``)."""
+        from methods.scvi.output import write_h5ad
 
-        cells = self._eval_cells
-        assert cells is not None, "write_output before prepare"
-        obs = data[ROLE].obs.iloc[cells].copy()
-        out = anndata.AnnData(obs=obs)
-        out.obsm["X_scVI"] = np.asarray(result.outputs["latent"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out.write_h5ad(path)
+        assert self._prepared is not None, "write_output before prepare"
+        state, host = self._prepared
+        write_h5ad(result.outputs, data[ROLE], state, host, self.cfg, Path(path))
