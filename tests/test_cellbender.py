@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from harness.sinks.results_tsv import read_rows
 from methods.cellbender.data import SyntheticConfig, synthetic
-from methods.cellbender.posterior import NoisePosterior, estimate
+from methods.cellbender.posterior import NoisePosterior, estimate, posterior_mean
 from tests.conftest import REPO
 
 SMALL = ["dataset.n_genes=120", "dataset.cells_per_type=60", "dataset.n_droplets=1200"]
@@ -82,28 +82,33 @@ def test_bad_inputs_are_one_line(tmp_path):
 
 
 def test_mckp_meets_each_genes_target():
+    """Per gene the removed counts equal Σ E[k | x] + fpr × Σ (x − E[k | x]), whether that lies
+    above the entries' MAP (steps up) or below it (steps down, here with a left-skewed window)."""
+    from scipy.special import gammaln
+
     rng = np.random.default_rng(0)
     e, w = 400, 20
     x = rng.integers(1, 40, e)
     k0 = np.zeros(e, dtype=np.int64)
-    lam = rng.uniform(0.5, 4.0, e)
     k = np.arange(w)[None, :]
-    logp = (
-        k * np.log(lam[:, None])
-        - lam[:, None]
-        - np.array([np.sum(np.log(np.arange(1, j + 1))) for j in range(w)])[None, :]
-    )
-    logp = np.where(k <= x[:, None], logp, -np.inf)
-    logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
     cols = rng.integers(0, 5, e)
-    post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
-    noise = estimate(post, 5, fpr=0.01)
-    target = np.bincount(cols, weights=lam + 0.01 * x, minlength=5)
-    got = np.bincount(cols, weights=noise, minlength=5)
-    assert np.all(np.abs(got - np.rint(target)) <= 1)
-    assert np.all(noise <= x) and np.all(noise >= 0)
-    map_noise = estimate(post, 5, fpr=0.01, method="map")
-    assert np.array_equal(map_noise, np.argmax(logp, axis=1))
+    for scale, fpr, flip in ((1.0, 0.01, False), (3.0, 0.05, False), (2.0, 0.0, True)):
+        lam = rng.uniform(0.5, 4.0, e) * scale
+        logp = k * np.log(lam[:, None]) - lam[:, None] - gammaln(k + 1)
+        if flip:  # mass piled up at the top of the window, a tail reaching down
+            logp = np.where(k <= x[:, None], 0.0, -np.inf) + logp[:, ::-1]
+        logp = np.where(k <= x[:, None], logp, -np.inf)
+        logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
+        post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
+        noise = estimate(post, 5, fpr=fpr)
+        mean = posterior_mean(post)
+        target = np.bincount(cols, weights=mean + fpr * (x - mean), minlength=5)
+        map_noise = estimate(post, 5, fpr=fpr, method="map")
+        assert np.array_equal(map_noise, np.argmax(logp, axis=1))
+        assert np.abs(np.bincount(cols, weights=map_noise, minlength=5) - target).max() > 5
+        got = np.bincount(cols, weights=noise, minlength=5)
+        assert np.all(np.abs(got - np.rint(target)) <= 1), (scale, got, target)
+        assert np.all(noise <= x) and np.all(noise >= 0)
 
 
 def test_training_finds_the_cells_and_the_ambient(tmp_path):

@@ -87,6 +87,13 @@ class CellBender:
                 "UMI: remove-background needs the raw, unfiltered matrix (empty droplets "
                 "included), not a filtered one"
             )
+        n_beyond = int(np.sum(umi > p.low_cutoff)) - p.total_included
+        if n_beyond < MIN_DROPLETS:
+            raise UserError(
+                f"dataset: only {max(n_beyond, 0)} droplets past the {p.total_included} analysed "
+                f"ones have more than {p.low_cutoff:.0f} UMI: too few empty droplets to learn the "
+                "ambient profile (lower method.total_droplets_included)"
+            )
         if c.total_droplets_included is not None and c.total_droplets_included > adata.n_obs:
             raise UserError(
                 f"method.total_droplets_included={c.total_droplets_included}: the input has "
@@ -99,35 +106,38 @@ class CellBender:
         x_all = sp.csr_matrix(adata.X, dtype=np.float32)
         x_all.sort_indices()
         umi = np.asarray(x_all.sum(axis=1)).ravel()
-        p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
+        p = priors.estimate(
+            umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold,
+            c.empty_fraction,
+        )  # fmt: skip
         order = np.argsort(-umi, kind="stable")
         analysed = order[: min(p.total_included, int(np.sum(umi >= c.low_count_threshold)))]
+        rest = order[analysed.size :]
+        empties = rest[umi[rest] > p.low_cutoff]
+        genes = priors.modelled_genes(x_all, umi, p, c.low_count_threshold)
         x_an = x_all[analysed]
-        umi_an = umi[analysed]
-        empty_mask = umi_an < p.surely_empty
-        seen = np.asarray(x_an[empty_mask].sum(axis=0)).ravel() > 0
-        genes = np.flatnonzero(seen & (np.asarray(x_an.sum(axis=0)).ravel() > 0))
-        x = x_an[:, genes]
-        chi_amb, chi_bar = priors.ambient_profiles(x, empty_mask)
-        n = x.shape[0]
+        x = sp.vstack([x_an[:, genes], x_all[empties][:, genes]]).tocsr()
+        chi_amb, chi_bar = priors.ambient_profiles(x[analysed.size :], x_all[:, genes])
+        n, n_all = analysed.size, x.shape[0]
         gen = np.random.default_rng(c.seed)
         perm = gen.permutation(n)
         n_train = max(4, min(n, math.ceil(c.train_fraction * n)))
         train_idx, test_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         if test_idx.size == 0:
             test_idx = train_idx[: min(256, train_idx.size)]
-        batch = max(4, min(c.batch_size, int(0.9 * n / 2)))
+        batch = max(4, min(c.batch_size, int(c.train_fraction * n / 2)))
         plan = BatchPlan(
-            cells=train_idx[~empty_mask[train_idx]],
-            empties=train_idx[empty_mask[train_idx]],
+            cells=train_idx,
+            empties=np.arange(n, n_all),
             batch_size=batch,
             empty_fraction=c.empty_fraction,
             seed=c.seed,
         )
+        umi_an = np.r_[umi[analysed], umi[empties]]
         log_umi = np.log(np.maximum(umi_an, 1.0))
-        dense = n * genes.size * 4 <= c.dense_max_gb * 2**30
-        lg = np.zeros(n)
-        rows = np.repeat(np.arange(n), np.diff(x.indptr))
+        dense = n_all * genes.size * 4 <= c.dense_max_gb * 2**30
+        lg = np.zeros(n_all)
+        rows = np.repeat(np.arange(n_all), np.diff(x.indptr))
         np.add.at(lg, rows, gammaln(x.data.astype(np.float64) + 1.0))
         dev, dtype = rt.device, rt.dtype
         staged = Staged(
@@ -145,11 +155,12 @@ class CellBender:
             log_cell_counts=math.log(p.cell_counts),
             log_surely_empty=math.log(p.surely_empty),
             chi_bar=torch.as_tensor(chi_bar, dtype=dtype, device=dev),
+            log_empty_prior=math.log1p(p.empty_counts),
         )
         self._log(
-            f"{n} droplets analysed of {adata.n_obs} ({int((~empty_mask).sum())} above "
-            f"{p.surely_empty:.0f} UMI; expected cells {p.expected_cells}, cell size "
-            f"{p.cell_counts:.0f}, empty size {p.empty_counts:.0f}), {genes.size} of "
+            f"{n} droplets analysed of {adata.n_obs} (expected cells {p.expected_cells}, cell "
+            f"size {p.cell_counts:.0f}, empty size {p.empty_counts:.0f}) and {empties.size} "
+            f"empties ({p.low_cutoff:.0f}-{p.surely_empty:.0f} UMI), {genes.size} of "
             f"{adata.n_vars} genes; {plan.batches} batches of {batch} per epoch"
         )
         return CellBenderState(
