@@ -203,14 +203,22 @@ class CellBender:
         cells = np.flatnonzero(lat.p > 0.5)
         if ctx.warmup:  # warm the posterior's code paths on a few droplets
             cells = cells[:32]
+        x_cells = state.x_analysed[cells][:, state.genes]
+        self._log(
+            f"posterior: {cells.size} cells x {state.genes.size} genes ({x_cells.nnz} nonzero "
+            f"counts), {c.posterior_samples} draws, a window of {c.posterior_window}"
+        )
         post = noise_posterior(
             model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
         )
         t2 = time.perf_counter()
-        x_cells = state.x_analysed[cells][:, state.genes]
+        self._log(f"posterior done in {t2 - t1:.1f} s; estimate ({c.estimator}, fpr {c.fpr})")
         noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)
         clean = denoised(x_cells, post, noise)
         t3 = time.perf_counter()
+        self._log(
+            f"estimate done in {t3 - t2:.1f} s: {int(np.minimum(noise, post.x).sum())} counts removed"
+        )
         return RunResult(
             outputs=self._outputs(state, model, lat, cells, clean, noise, post, curve),
             info={"train_s": t1 - t0, "posterior_s": t2 - t1, "estimate_s": t3 - t2},

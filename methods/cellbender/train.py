@@ -9,6 +9,7 @@ order depends only on (seed, e), so a loader position is (epoch, batch).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,7 @@ def train(
         return {"curve": curve, "sum": sums[0], "n": sums[1]}
 
     model.train()
+    t_start, first_epoch = time.perf_counter(), start_epoch
     for epoch in range(start_epoch, epochs):
         if not ctx.steps_left(step):
             break
@@ -164,7 +166,11 @@ def train(
             curve["test_epoch"].append(float(epoch + 1))
             metrics["elbo_test"] = curve["elbo_test"][-1]
         ctx.mark(epoch + 1, "train", **metrics)
-        log(f"epoch {epoch + 1}/{epochs}: elbo {curve['elbo_train'][-1]:.2f}")
+        per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - first_epoch)
+        log(
+            f"epoch {epoch + 1}/{epochs}: elbo {curve['elbo_train'][-1]:.2f}, "
+            f"{per_epoch:.2f} s/epoch, {per_epoch * (epochs - epoch - 1):.0f} s left"
+        )
         if not ctx.steps_left(step):
             break
         if epoch + 1 < epochs:
