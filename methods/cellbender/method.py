@@ -52,6 +52,21 @@ class CellBenderState:
     n_genes_all: int
 
 
+GLOBAL_LATENTS = (
+    "empty_droplet_size_lognormal_loc", "empty_droplet_size_lognormal_scale",
+    "cell_size_lognormal_std", "swapping_fraction_alpha", "swapping_fraction_beta",
+    "phi_concentration", "phi_rate",
+)  # fmt: skip
+
+
+def global_latents(model: FullModel) -> np.ndarray:
+    """The learned global parameters, in the order of ``GLOBAL_LATENTS``."""
+    ra, rb = model.rho_params()
+    values = (model.d_empty_loc, model.d_empty_log_scale.exp(), model.d_cell_log_scale.exp(),
+              ra, rb, model.phi_log_conc.exp(), model.phi_log_rate.exp())  # fmt: skip
+    return np.array([float(v) for v in values], dtype=np.float64)
+
+
 class CellBender:
     def __init__(self, cfg: CellBenderConfig, runtime: Runtime) -> None:
         self.cfg = cfg
@@ -259,6 +274,8 @@ class CellBender:
             "background_fraction": bkg_frac,
             "latent_z": z,
             "ambient": ambient,
+            "analysed": np.sort(state.analysed).astype(np.int64),
+            "global_latents": global_latents(model),
             "elbo_test": np.asarray(curve["elbo_test"], dtype=np.float64),
             "elbo_train": np.asarray(curve["elbo_train"], dtype=np.float64),
         }
@@ -275,6 +292,10 @@ class CellBender:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
-        from methods.cellbender.output import write_h5ad
+        from methods.cellbender.output import write_h5, write_h5ad
 
-        write_h5ad(result.outputs, data[ROLE], Path(path), self.cfg)
+        path = Path(path)
+        if path.suffix == ".h5":  # cellbender 0.4.0's layout (+ the _filtered file)
+            write_h5(result.outputs, data[ROLE], path)
+        else:
+            write_h5ad(result.outputs, data[ROLE], path, self.cfg)
