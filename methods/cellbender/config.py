@@ -92,6 +92,9 @@ class CellBenderConfig(MethodConfig):
     # ---- posterior and estimation ----
     fpr: float = field(default=0.01, metadata=rng(ge=0, lt=1))
     estimator: str = field(default="mckp", metadata=rng(choices=["mckp", "map"]))
+    # λ of the noise posterior: "upstream" (cellbender 0.4.0's: the empty-droplet rate) or
+    # "full" (the cell's own rate, swapping ∝ its size: removes more, over-shoots some genes)
+    posterior_rate: str = field(default="upstream", metadata=rng(choices=["upstream", "full"]))
     posterior_samples: int = field(default=20, metadata=rng(ge=1))
     posterior_window: int = field(default=20, metadata=rng(ge=2))
     dense_max_gb: float = field(default=2.0, metadata=rng(gt=0, task=False))

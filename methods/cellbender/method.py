@@ -224,8 +224,9 @@ class CellBender:
             f"counts), {c.posterior_samples} draws, a window of {c.posterior_window}"
         )
         post = noise_posterior(
-            model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
-        )
+            model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed,
+            rate=c.posterior_rate,
+        )  # fmt: skip
         t2 = time.perf_counter()
         self._log(f"posterior done in {t2 - t1:.1f} s; estimate ({c.estimator}, fpr {c.fpr})")
         noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)

@@ -252,6 +252,14 @@ class FullModel(nn.Module):
         lam1 = base + eps * rho * g.d_cell[:, None] * self.chi_bar
         return mu, base, lam1
 
+    def noise_rates(self, g: Guide, rate: str = "upstream") -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, λ) of a cell's posterior draw. ``full``: the cell's own background rate (y = 1,
+        its ε, swapping ∝ its size). ``upstream``: what cellbender 0.4.0's posterior replays —
+        its model returns the rate of the empty-droplet regulariser (y = 0, ε = 1: ambient plus
+        swapping into the empty part only), which removes less and never over-shoots."""
+        mu, lam0, lam1 = self.rates(g)
+        return mu, (lam0 / g.eps[:, None] if rate == "upstream" else lam1)
+
     def elbo_terms(
         self,
         x: torch.Tensor,

@@ -5,7 +5,7 @@
 2. For droplets with p > 0.5 (batches of 128): ``n_samples`` guide draws, the model replayed;
    for each nonzero (cell, gene) count x the posterior of the noise count k over a window of
    at most ``window`` values, P(k | x) ∝ Poisson(k; λ) · NB(x − k; μ, 1/φ), averaged over the
-   draws; kept as log-probabilities (entries below −10 dropped).
+   draws (λ: ``FullModel.noise_rates``, ``method.posterior_rate``); kept as log-probabilities (entries below −10 dropped).
 3. Estimation: ``mckp`` chooses one k per entry, maximising Σ log P(k) while meeting, per gene,
    the noise target Σ_cells E[λ] + ``fpr`` × Σ_cells x (a multiple-choice knapsack, solved
    greedily over the entries' increments, which is exact for log-concave windows); ``map``
@@ -84,6 +84,7 @@ def noise_posterior(
     window: int = 20,
     batch: int = 128,
     seed: int = 0,
+    rate: str = "upstream",
 ) -> NoisePosterior:
     """The noise-count posterior of every nonzero entry of ``cells`` (module doc, step 2)."""
     model.eval()
@@ -100,7 +101,7 @@ def noise_posterior(
         draws = []
         for _ in range(n_samples):
             g = model.guide(x, gen)
-            mu, _, lam1 = model.rates(g)
+            mu, lam1 = model.noise_rates(g, rate)
             draws.append((mu[rows, cols], lam1[rows, cols], 1.0 / g.phi))
             lam_mean += lam1[rows, cols] / n_samples
         k0 = (torch.round(torch.minimum(lam_mean, xv)) - window // 2).clamp(min=0)
