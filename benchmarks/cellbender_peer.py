@@ -2,6 +2,7 @@
 
     python benchmarks/cellbender_peer.py [--case all|NAME ...] [--epochs 20] [--threads 1]
         [--peer-python /work/venvs/cellbender/bin/python] [--workdir DIR] [--reuse-peer]
+        [--override method.posterior_rate=full ...]
     python benchmarks/cellbender_peer.py --data synthetic|pbmc68k [--droplets 6000 ...]
 
 ``--data simulate`` (default) draws each case of ``CASES`` with cellbender's own simulator
@@ -117,7 +118,8 @@ def run_ours(
            f"dataset.path={raw}", f"method.epochs={args.epochs}", f"method.lr={args.lr}",
            f"method.expected_cells={n_cells}", f"method.total_droplets_included={total}",
            "hardware=cpu", f"hardware.threads={args.threads}", "tracking.mlflow=false",
-           "bench.baseline=off", f"run.output={out}", f"paths.results={work / 'results'}", *extra]  # fmt: skip
+           "bench.baseline=off", f"run.output={out}", f"paths.results={work / 'results'}",
+           *args.override, *extra]  # fmt: skip
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's harness, from any cwd
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env)
@@ -287,6 +289,8 @@ def main() -> int:
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--reuse-peer", action="store_true",
                     help="reuse cellbender's output of an earlier run in the same workdir")  # fmt: skip
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for ours, e.g. method.posterior_rate=full (repeatable)")  # fmt: skip
     ap.add_argument("--checkpoint", type=int, default=0, metavar="EPOCHS",
                     help="also ours with a checkpoint every EPOCHS epochs: the overhead")  # fmt: skip
     args = ap.parse_args()

@@ -1,13 +1,13 @@
 """CellBender remove-background as a harness method (read-only glue; TIMING ``train``).
 
 ``prepare`` (untimed): priors from the UMI curve, the analysed droplets (top
-``total_droplets_included``) and genes (those seen in surely-empty droplets), the train/test
-split, the counts staged on the device. ``run`` trains (editable ``train.py`` / ``model.py``),
+``total_droplets_included``), the empties past them and the modelled genes (``priors``), the
+train/test split, the counts staged on the device (analysed rows first, then the empties). ``run`` trains (editable ``train.py`` / ``model.py``),
 then computes the MAP latents, the noise posterior and the denoised counts (editable
 ``posterior.py``); work is counted here by hooks the editable code cannot skip. Outputs cover
 all droplets and genes of the input: denoised counts (CSR; zero rows for non-cells, excluded
 genes passed through for cells), cell probability, size, efficiency, background fraction,
-latent z, the ambient profile.
+latent z, the ambient profile, the analysed rows and the global latents.
 """
 
 from __future__ import annotations
