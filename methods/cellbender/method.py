@@ -94,11 +94,11 @@ class CellBender:
             )
         umi = np.asarray(x.sum(axis=1)).ravel()
         p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
-        low = 0.1 * p.cell_counts
+        low = 0.5 * p.cell_counts
         n_empty = int(np.sum((umi >= c.low_count_threshold) & (umi < low)))
         if n_empty < max(50, p.expected_cells // 2):
             raise UserError(
-                f"dataset: only {n_empty} droplets below 10% of the typical cell's {p.cell_counts:.0f} "
+                f"dataset: only {n_empty} droplets below half the typical cell's {p.cell_counts:.0f} "
                 "UMI: remove-background needs the raw, unfiltered matrix (empty droplets "
                 "included), not a filtered one"
             )
