@@ -64,7 +64,7 @@ def global_latents(model: FullModel) -> np.ndarray:
     ra, rb = model.rho_params()
     values = (model.d_empty_loc, model.d_empty_log_scale.exp(), model.d_cell_log_scale.exp(),
               ra, rb, model.phi_log_conc.exp(), model.phi_log_rate.exp())  # fmt: skip
-    return np.array([float(v) for v in values], dtype=np.float64)
+    return np.array([float(v.detach()) for v in values], dtype=np.float64)
 
 
 class CellBender:
