@@ -238,7 +238,7 @@ def run_case(args: argparse.Namespace, case: str | None, work: Path) -> dict:
         results["cellbender 0.4.0"] = run_cellbender(args, raw, work, n_cells, total, adata)
     print(f"\n{case or args.data}: {adata.n_obs} droplets, {n_cells} cells, {adata.n_vars} genes; "
           f"{total} analysed, {args.epochs} epochs, {args.threads} thread(s)")  # fmt: skip
-    print(f"{'tool':18}" + "".join(f"{k:>14}" for k in TKEYS + QKEYS))
+    print(f"{'tool':18}" + "".join(f"{k:>{max(14, len(k) + 2)}}" for k in TKEYS + QKEYS))
     rows = {}
     for name, r in results.items():
         if "train_s" in r and "s_per_epoch" not in r:
@@ -247,7 +247,7 @@ def run_case(args: argparse.Namespace, case: str | None, work: Path) -> dict:
         rows[name] = {**{k: r.get(k) for k in TKEYS}, **{k: q.get(k) for k in QKEYS}}
         rows[name]["total_s"] = sum(r.get(k) or 0.0 for k in TKEYS[1:4])
         print(f"{name:18}" + "".join(
-            f"{v:14.4g}" if v is not None else f"{'-':>14}"
+            f"{v:{max(14, len(k) + 2)}.4g}" if v is not None else f"{'-':>{max(14, len(k) + 2)}}"
             for k, v in rows[name].items() if k != "total_s"
         ))  # fmt: skip
     if args.checkpoint:
