@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from harness.sinks.results_tsv import read_rows
 from methods.cellbender.data import SyntheticConfig, synthetic
-from methods.cellbender.posterior import NoisePosterior, estimate
+from methods.cellbender.posterior import NoisePosterior, estimate, posterior_mean
 from tests.conftest import REPO
 
 SMALL = ["dataset.n_genes=120", "dataset.cells_per_type=60", "dataset.n_droplets=1200"]
@@ -82,28 +82,33 @@ def test_bad_inputs_are_one_line(tmp_path):
 
 
 def test_mckp_meets_each_genes_target():
+    """Per gene the removed counts equal Σ E[k | x] + fpr × Σ (x − E[k | x]), whether that lies
+    above the entries' MAP (steps up) or below it (steps down, here with a left-skewed window)."""
+    from scipy.special import gammaln
+
     rng = np.random.default_rng(0)
     e, w = 400, 20
     x = rng.integers(1, 40, e)
     k0 = np.zeros(e, dtype=np.int64)
-    lam = rng.uniform(0.5, 4.0, e)
     k = np.arange(w)[None, :]
-    logp = (
-        k * np.log(lam[:, None])
-        - lam[:, None]
-        - np.array([np.sum(np.log(np.arange(1, j + 1))) for j in range(w)])[None, :]
-    )
-    logp = np.where(k <= x[:, None], logp, -np.inf)
-    logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
     cols = rng.integers(0, 5, e)
-    post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
-    noise = estimate(post, 5, fpr=0.01)
-    target = np.bincount(cols, weights=lam + 0.01 * x, minlength=5)
-    got = np.bincount(cols, weights=noise, minlength=5)
-    assert np.all(np.abs(got - np.rint(target)) <= 1)
-    assert np.all(noise <= x) and np.all(noise >= 0)
-    map_noise = estimate(post, 5, fpr=0.01, method="map")
-    assert np.array_equal(map_noise, np.argmax(logp, axis=1))
+    for scale, fpr, flip in ((1.0, 0.01, False), (3.0, 0.05, False), (2.0, 0.0, True)):
+        lam = rng.uniform(0.5, 4.0, e) * scale
+        logp = k * np.log(lam[:, None]) - lam[:, None] - gammaln(k + 1)
+        if flip:  # mass piled up at the top of the window, a tail reaching down
+            logp = np.where(k <= x[:, None], 0.0, -np.inf) + logp[:, ::-1]
+        logp = np.where(k <= x[:, None], logp, -np.inf)
+        logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
+        post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
+        noise = estimate(post, 5, fpr=fpr)
+        mean = posterior_mean(post)
+        target = np.bincount(cols, weights=mean + fpr * (x - mean), minlength=5)
+        map_noise = estimate(post, 5, fpr=fpr, method="map")
+        assert np.array_equal(map_noise, np.argmax(logp, axis=1))
+        assert np.abs(np.bincount(cols, weights=map_noise, minlength=5) - target).max() > 5
+        got = np.bincount(cols, weights=noise, minlength=5)
+        assert np.all(np.abs(got - np.rint(target)) <= 1), (scale, got, target)
+        assert np.all(noise <= x) and np.all(noise >= 0)
 
 
 def test_training_finds_the_cells_and_the_ambient(tmp_path):
@@ -160,3 +165,46 @@ def test_posterior_only_from_a_finished_checkpoint(tmp_path):
     a, b = read_rows(tmp_path / "results" / "results.tsv")
     assert b["resumed"].startswith("8/") and b["output_hash"] == a["output_hash"]
     assert "resuming from" in again.stdout
+
+
+def test_h5_output_reads_as_cellbenders(tmp_path):
+    """``run.output=x.h5``: scanpy's ``read_10x_h5`` reads the denoised counts of every droplet
+    and, from ``x_filtered.h5``, of the called cells; cellbender's reader too where installed."""
+    import importlib.util
+
+    import scanpy as sc
+
+    from methods.cellbender.method import GLOBAL_LATENTS
+    from methods.cellbender.output import write_h5
+
+    a = synthetic(_cfg(n_genes=40, cells_per_type=20, n_droplets=300))["droplets"]
+    rng = np.random.default_rng(0)
+    n = a.n_obs
+    p = np.where(a.obs["cell"].to_numpy(), 0.99, 0.01)
+    analysed = np.arange(0, 200)
+    p[200:] = 0.0
+    x = sp.csr_matrix(a.X, dtype=np.float64)
+    clean = sp.csr_matrix(x.multiply((p > 0.5)[:, None]))
+    clean.data = np.floor(clean.data * 0.9)
+    clean.eliminate_zeros()
+    outputs = {
+        "denoised": clean, "cell_probability": p, "cell_size": rng.uniform(1, 2, n),
+        "efficiency": rng.uniform(0.5, 2, n), "background_fraction": rng.uniform(0, 1, n),
+        "latent_z": rng.normal(size=(n, 64)), "ambient": np.full(a.n_vars, 1 / a.n_vars),
+        "analysed": analysed, "global_latents": np.arange(len(GLOBAL_LATENTS), dtype=float),
+        "elbo_train": np.arange(5.0), "elbo_test": np.arange(1.0),
+    }  # fmt: skip
+    write_h5(outputs, a, tmp_path / "out.h5")
+    full = sc.read_10x_h5(tmp_path / "out.h5")
+    assert list(full.obs_names) == list(a.obs_names) and list(full.var_names) == list(a.var_names)
+    assert abs(sp.csr_matrix(full.X) - clean).max() == 0
+    cells = sc.read_10x_h5(tmp_path / "out_filtered.h5")
+    assert list(cells.obs_names) == list(a.obs_names[p > 0.5])
+    assert abs(sp.csr_matrix(cells.X) - clean[p > 0.5]).max() == 0
+    if importlib.util.find_spec("cellbender") is not None:
+        from cellbender.remove_background.downstream import anndata_from_h5
+
+        b = anndata_from_h5(str(tmp_path / "out.h5"))
+        assert b.n_obs == analysed.size
+        assert np.allclose(b.obs["cell_probability"], p[analysed])
+        assert np.allclose(b.var["ambient_expression"], outputs["ambient"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from methods.cellbender.model import (
+    EMPTY_SD,
     EPS_GUIDE,
     EPS_PRIOR,
     PHI_PRIOR,
@@ -55,6 +56,7 @@ def _setup(b: int = 24, g: int = 30, seed: int = 0):
         log_cell_prior=math.log1p(600.0), d_std=0.2, log_crossover=math.log(80.0),
         log_cell_counts=math.log(600.0), log_surely_empty=math.log(10.0),
         chi_bar=torch.full((g,), 1.0 / g, dtype=torch.float64),
+        log_empty_prior=math.log1p(12.0),
     )  # fmt: skip
     chi_amb = torch.as_tensor(gen.dirichlet(np.ones(g)), dtype=torch.float64)
     model = FullModel(g, chi_amb, 12.0, consts).double().eval()
@@ -88,9 +90,7 @@ def test_elbo_equals_pyro_traceenum_elbo(float64):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([b, Z_DIM]).to_event(1))
             y = pyro.sample("y", dist.Bernoulli(logits=prior))
             d_cell = pyro.sample("d_cell", dist.LogNormal(c.log_cell_prior, c.d_std))
-            d_empty = pyro.sample(
-                "d_empty", dist.LogNormal(model.d_empty_loc, model.d_empty_log_scale.exp())
-            )
+            d_empty = pyro.sample("d_empty", dist.LogNormal(c.log_empty_prior, EMPTY_SD))
             eps = pyro.sample("eps", dist.Gamma(EPS_PRIOR, EPS_PRIOR))
             chi = torch.exp(model.decoder(z))
             ye, de, dc, ee = y[..., None], d_empty[..., None], d_cell[..., None], eps[..., None]

@@ -29,7 +29,7 @@ from harness.config import validate
 from harness.config.schema import Config
 from harness.config.taskkey import task_params
 from harness.core.errors import UserError
-from harness.core.fsio import atomic_path
+from harness.core.fsio import atomic_files
 from harness.sinks.console import Reporter
 from harness.sinks.runrecord import Identity, RunRecord, Timings, Tracking
 
@@ -215,7 +215,7 @@ class Benchmark:
             if not hasattr(method, "write_output"):
                 raise UserError(f"run.output: method {mc.name} does not write output files")
             path = (self.cwd / self.top.run.output).resolve()
-            with atomic_path(path) as partial:  # never a half-written file (a crash, Ctrl-C)
+            with atomic_files(path) as partial:  # never a half-written file (a crash, Ctrl-C)
                 method.write_output(m.result, data, partial)
             self.reporter.info(f"output written: {path}")
         if mc.parity_output and mc.parity_output in m.outputs:

@@ -77,6 +77,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_files(path: Path) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a writer that may write sibling files too (a ``_filtered``
+    companion): it writes ``path``'s name inside a temporary directory beside ``path``; when
+    the block ends normally each file written there is renamed into ``path``'s directory (each
+    whole), when it raises or is interrupted the directory is removed."""
+    import shutil
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+    stage.mkdir()
+    try:
+        yield stage / path.name
+        if not (stage / path.name).is_file():
+            raise FileNotFoundError(f"nothing was written to {path}")
+        for file in sorted(stage.iterdir()):
+            os.replace(file, path.parent / file.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
 def locked(path: Path, timeout_s: float | None = None) -> Iterator[int]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing); yields the descriptor.
 

@@ -1,13 +1,13 @@
 """CellBender remove-background as a harness method (read-only glue; TIMING ``train``).
 
 ``prepare`` (untimed): priors from the UMI curve, the analysed droplets (top
-``total_droplets_included``) and genes (those seen in surely-empty droplets), the train/test
-split, the counts staged on the device. ``run`` trains (editable ``train.py`` / ``model.py``),
+``total_droplets_included``), the empties past them and the modelled genes (``priors``), the
+train/test split, the counts staged on the device (analysed rows first, then the empties). ``run`` trains (editable ``train.py`` / ``model.py``),
 then computes the MAP latents, the noise posterior and the denoised counts (editable
 ``posterior.py``); work is counted here by hooks the editable code cannot skip. Outputs cover
 all droplets and genes of the input: denoised counts (CSR; zero rows for non-cells, excluded
 genes passed through for cells), cell probability, size, efficiency, background fraction,
-latent z, the ambient profile.
+latent z, the ambient profile, the analysed rows and the global latents.
 """
 
 from __future__ import annotations
@@ -59,6 +59,21 @@ class CellBenderState:
     n_genes_all: int
 
 
+GLOBAL_LATENTS = (
+    "empty_droplet_size_lognormal_loc", "empty_droplet_size_lognormal_scale",
+    "cell_size_lognormal_std", "swapping_fraction_alpha", "swapping_fraction_beta",
+    "phi_concentration", "phi_rate",
+)  # fmt: skip
+
+
+def global_latents(model: FullModel) -> np.ndarray:
+    """The learned global parameters, in the order of ``GLOBAL_LATENTS``."""
+    ra, rb = model.rho_params()
+    values = (model.d_empty_loc, model.d_empty_log_scale.exp(), model.d_cell_log_scale.exp(),
+              ra, rb, model.phi_log_conc.exp(), model.phi_log_rate.exp())  # fmt: skip
+    return np.array([float(v.detach()) for v in values], dtype=np.float64)
+
+
 class CellBender:
     def __init__(self, cfg: CellBenderConfig, runtime: Runtime) -> None:
         self.cfg = cfg
@@ -86,13 +101,20 @@ class CellBender:
             )
         umi = np.asarray(x.sum(axis=1)).ravel()
         p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
-        low = 0.1 * p.cell_counts
+        low = 0.5 * p.cell_counts
         n_empty = int(np.sum((umi >= c.low_count_threshold) & (umi < low)))
         if n_empty < max(50, p.expected_cells // 2):
             raise UserError(
-                f"dataset: only {n_empty} droplets below 10% of the typical cell's {p.cell_counts:.0f} "
+                f"dataset: only {n_empty} droplets below half the typical cell's {p.cell_counts:.0f} "
                 "UMI: remove-background needs the raw, unfiltered matrix (empty droplets "
                 "included), not a filtered one"
+            )
+        n_beyond = int(np.sum(umi > p.low_cutoff)) - p.total_included
+        if n_beyond < MIN_DROPLETS:
+            raise UserError(
+                f"dataset: only {max(n_beyond, 0)} droplets past the {p.total_included} analysed "
+                f"ones have more than {p.low_cutoff:.0f} UMI: too few empty droplets to learn the "
+                "ambient profile (lower method.total_droplets_included)"
             )
         if c.total_droplets_included is not None and c.total_droplets_included > adata.n_obs:
             raise UserError(
@@ -106,35 +128,38 @@ class CellBender:
         x_all = sp.csr_matrix(adata.X, dtype=np.float32)
         x_all.sort_indices()
         umi = np.asarray(x_all.sum(axis=1)).ravel()
-        p = priors.estimate(umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold)
+        p = priors.estimate(
+            umi, c.expected_cells, c.total_droplets_included, c.low_count_threshold,
+            c.empty_fraction,
+        )  # fmt: skip
         order = np.argsort(-umi, kind="stable")
         analysed = order[: min(p.total_included, int(np.sum(umi >= c.low_count_threshold)))]
+        rest = order[analysed.size :]
+        empties = rest[umi[rest] > p.low_cutoff]
+        genes = priors.modelled_genes(x_all, umi, p, c.low_count_threshold)
         x_an = x_all[analysed]
-        umi_an = umi[analysed]
-        empty_mask = umi_an < p.surely_empty
-        seen = np.asarray(x_an[empty_mask].sum(axis=0)).ravel() > 0
-        genes = np.flatnonzero(seen & (np.asarray(x_an.sum(axis=0)).ravel() > 0))
-        x = x_an[:, genes]
-        chi_amb, chi_bar = priors.ambient_profiles(x, empty_mask)
-        n = x.shape[0]
+        x = sp.vstack([x_an[:, genes], x_all[empties][:, genes]]).tocsr()
+        chi_amb, chi_bar = priors.ambient_profiles(x[analysed.size :], x_all[:, genes])
+        n, n_all = analysed.size, x.shape[0]
         gen = np.random.default_rng(c.seed)
         perm = gen.permutation(n)
         n_train = max(4, min(n, math.ceil(c.train_fraction * n)))
         train_idx, test_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
         if test_idx.size == 0:
             test_idx = train_idx[: min(256, train_idx.size)]
-        batch = max(4, min(c.batch_size, int(0.9 * n / 2)))
+        batch = max(4, min(c.batch_size, int(c.train_fraction * n / 2)))
         plan = BatchPlan(
-            cells=train_idx[~empty_mask[train_idx]],
-            empties=train_idx[empty_mask[train_idx]],
+            cells=train_idx,
+            empties=np.arange(n, n_all),
             batch_size=batch,
             empty_fraction=c.empty_fraction,
             seed=c.seed,
         )
+        umi_an = np.r_[umi[analysed], umi[empties]]
         log_umi = np.log(np.maximum(umi_an, 1.0))
-        dense = n * genes.size * 4 <= c.dense_max_gb * 2**30
-        lg = np.zeros(n)
-        rows = np.repeat(np.arange(n), np.diff(x.indptr))
+        dense = n_all * genes.size * 4 <= c.dense_max_gb * 2**30
+        lg = np.zeros(n_all)
+        rows = np.repeat(np.arange(n_all), np.diff(x.indptr))
         np.add.at(lg, rows, gammaln(x.data.astype(np.float64) + 1.0))
         dev, dtype = rt.device, rt.dtype
         staged = Staged(
@@ -152,11 +177,12 @@ class CellBender:
             log_cell_counts=math.log(p.cell_counts),
             log_surely_empty=math.log(p.surely_empty),
             chi_bar=torch.as_tensor(chi_bar, dtype=dtype, device=dev),
+            log_empty_prior=math.log1p(p.empty_counts),
         )
         self._log(
-            f"{n} droplets analysed of {adata.n_obs} ({int((~empty_mask).sum())} above "
-            f"{p.surely_empty:.0f} UMI; expected cells {p.expected_cells}, cell size "
-            f"{p.cell_counts:.0f}, empty size {p.empty_counts:.0f}), {genes.size} of "
+            f"{n} droplets analysed of {adata.n_obs} (expected cells {p.expected_cells}, cell "
+            f"size {p.cell_counts:.0f}, empty size {p.empty_counts:.0f}) and {empties.size} "
+            f"empties ({p.low_cutoff:.0f}-{p.surely_empty:.0f} UMI), {genes.size} of "
             f"{adata.n_vars} genes; {plan.batches} batches of {batch} per epoch"
         )
         return CellBenderState(
@@ -201,16 +227,23 @@ class CellBender:
         cells = np.flatnonzero(lat.p > 0.5)
         if ctx.warmup:  # warm the posterior's code paths on a few droplets
             cells = cells[:32]
-        label = f"noise-count posterior of {cells.size} cells, {c.posterior_samples} draws"
+        x_cells = state.x_analysed[cells][:, state.genes]
+        label = (
+            f"noise-count posterior of {cells.size} cells x {state.genes.size} genes "
+            f"({x_cells.nnz} nonzero counts), {c.posterior_samples} draws"
+        )
         with phase(f"warm-up: {label}" if ctx.warmup else label, self._log):
             post = noise_posterior(
-                model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed
-            )
+                model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed,
+                rate=c.posterior_rate,
+            )  # fmt: skip
         t2 = time.perf_counter()
-        x_cells = state.x_analysed[cells][:, state.genes]
         noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)
         clean = denoised(x_cells, post, noise)
         t3 = time.perf_counter()
+        self._log(
+            f"estimate done in {t3 - t2:.1f} s: {int(np.minimum(noise, post.x).sum())} counts removed"
+        )
         return RunResult(
             outputs=self._outputs(state, model, lat, cells, clean, noise, post, curve),
             info={"train_s": t1 - t0, "posterior_s": t2 - t1, "estimate_s": t3 - t2},
@@ -251,6 +284,8 @@ class CellBender:
             "background_fraction": bkg_frac,
             "latent_z": z,
             "ambient": ambient,
+            "analysed": np.sort(state.analysed).astype(np.int64),
+            "global_latents": global_latents(model),
             "elbo_test": np.asarray(curve["elbo_test"], dtype=np.float64),
             "elbo_train": np.asarray(curve["elbo_train"], dtype=np.float64),
         }
@@ -267,6 +302,10 @@ class CellBender:
         return metrics
 
     def write_output(self, result: RunResult, data: Mapping[str, Any], path: Path) -> None:
-        from methods.cellbender.output import write_h5ad
+        from methods.cellbender.output import write_h5, write_h5ad
 
-        write_h5ad(result.outputs, data[ROLE], Path(path), self.cfg)
+        path = Path(path)
+        if path.suffix == ".h5":  # cellbender 0.4.0's layout (+ the _filtered file)
+            write_h5(result.outputs, data[ROLE], path)
+        else:
+            write_h5ad(result.outputs, data[ROLE], path, self.cfg)

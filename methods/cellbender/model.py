@@ -5,8 +5,9 @@ Per droplet n (x: G counts), latents and their guide:
 - z ~ N(0, I_64);  q(z) = N(EncodeZ(x / Σx))
 - χ = softmax(Decoder(z))
 - y ∈ {0, 1}, p(y = 1) = sigmoid(prior logit);  q(y = 1) = sigmoid(p), enumerated exactly
-- d_cell ~ LogNormal(log1p(cell_counts), d_std);  q = LogNormal(gated log Σx, d_cell_scale)
-- d_empty ~ LogNormal(d_empty_loc, d_empty_scale)  (learned; the guide draws from the prior)
+- d_cell ~ LogNormal(log1p(cell_counts), d_std);  q = LogNormal(gated d̂, d_cell_scale), with
+  log d̂ ≈ log(Σx / ε̂ − d_empty) (softplus-floored at the count crossover): the cell's own size
+- d_empty ~ LogNormal(log1p(empty_counts), 0.01);  q = LogNormal(d_empty_loc, d_empty_scale)
 - ε ~ Gamma(50, 50);  q = Gamma(κ, κ / ε̂), ε̂ gated between the encoder's ε and 1
 - globals ρ ~ Beta(1.5, 50), φ ~ Gamma(1, 5) (mean 0.2, sd 0.2);  q: Beta, Gamma params
 
@@ -41,6 +42,7 @@ EPS_GUIDE = 100.0  # concentration of q(ε)
 RHO_PRIOR = (1.5, 50.0)
 PHI_PRIOR = (1.0, 5.0)  # Gamma(concentration, rate): mean 0.2, sd 0.2
 NB_SWITCH = 1e-5  # μ < 1e-5·λ: pure Poisson
+EMPTY_SD = 0.01  # d_empty's prior scale (ε carries the droplets' spread)
 N_EXTRA = 4  # extra encoder features: log Σx, log nnz, closeness to d_empty, ‖z‖
 
 
@@ -54,6 +56,7 @@ class Constants:
     log_cell_counts: float
     log_surely_empty: float
     chi_bar: torch.Tensor  # (G,)
+    log_empty_prior: float = 0.0  # log1p(empty_counts): d_empty's prior location
 
 
 class EncodeZ(nn.Module):
@@ -177,8 +180,8 @@ class FullModel(nn.Module):
         self.encode_nonz = EncodeNonZ(n_genes)
         self.decoder = Decoder(n_genes)
         self.chi_ambient_logits = nn.Parameter(torch.log(chi_ambient.clone()))
-        self.d_empty_loc = nn.Parameter(torch.tensor(math.log(empty_counts)))
-        self.d_empty_log_scale = nn.Parameter(torch.tensor(math.log(0.1)))
+        self.d_empty_loc = nn.Parameter(torch.tensor(math.log1p(empty_counts)))
+        self.d_empty_log_scale = nn.Parameter(torch.tensor(math.log(EMPTY_SD)))
         self.d_cell_log_scale = nn.Parameter(torch.tensor(math.log(0.02)))
         self.phi_log_conc = nn.Parameter(torch.tensor(math.log(2.0)))
         self.phi_log_rate = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -211,7 +214,9 @@ class FullModel(nn.Module):
         eps_enc = 2.0 * torch.sigmoid(0.2 * eps_raw - math.log(3.0)) + 0.5
         q1 = torch.sigmoid(p_logit)
         eps_mean = q1 * eps_enc + (1 - q1)
-        d_cell_loc = q1 * log_total + (1 - q1) * c.log_cell_prior
+        own = F.softplus(total / (eps_enc + 1e-2) - self.d_empty_loc.detach().exp()) + 1e-10
+        d_loc = F.softplus(torch.log(own) - c.log_crossover) + c.log_crossover
+        d_cell_loc = q1 * d_loc + (1 - q1) * c.log_cell_prior
         return z_loc, z_scale, p_logit, eps_mean, d_cell_loc
 
     def guide(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Guide:
@@ -247,6 +252,14 @@ class FullModel(nn.Module):
         lam1 = base + eps * rho * g.d_cell[:, None] * self.chi_bar
         return mu, base, lam1
 
+    def noise_rates(self, g: Guide, rate: str = "upstream") -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, λ) of a cell's posterior draw. ``full``: the cell's own background rate (y = 1,
+        its ε, swapping ∝ its size). ``upstream``: what cellbender 0.4.0's posterior replays —
+        its model returns the rate of the empty-droplet regulariser (y = 0, ε = 1: ambient plus
+        swapping into the empty part only), which removes less and never over-shoots."""
+        mu, lam0, lam1 = self.rates(g)
+        return mu, (lam0 / g.eps[:, None] if rate == "upstream" else lam1)
+
     def elbo_terms(
         self,
         x: torch.Tensor,
@@ -278,7 +291,12 @@ class FullModel(nn.Module):
         lq_e = torch.distributions.Gamma(
             torch.full_like(g.eps_mean, EPS_GUIDE), EPS_GUIDE / g.eps_mean
         ).log_prob(g.eps)
-        local = enum + (lp_z - lq_z) + (lp_d - lq_d) + (lp_e - lq_e)
+        log_de = torch.log(g.d_empty)
+        lp_de = torch.distributions.Normal(c.log_empty_prior, EMPTY_SD).log_prob(log_de)
+        lq_de = torch.distributions.Normal(self.d_empty_loc, self.d_empty_log_scale.exp()).log_prob(
+            log_de
+        )
+        local = enum + (lp_z - lq_z) + (lp_d - lq_d) + (lp_e - lq_e) + (lp_de - lq_de)
         ra, rb = self.rho_params()
         glob = (
             torch.distributions.Beta(*RHO_PRIOR).log_prob(g.rho)

@@ -5,7 +5,7 @@
 2. For droplets with p > 0.5 (batches of 128): ``n_samples`` guide draws, the model replayed;
    for each nonzero (cell, gene) count x the posterior of the noise count k over a window of
    at most ``window`` values, P(k | x) ∝ Poisson(k; λ) · NB(x − k; μ, 1/φ), averaged over the
-   draws; kept as log-probabilities (entries below −10 dropped).
+   draws (λ: ``FullModel.noise_rates``, ``method.posterior_rate``); kept as log-probabilities (entries below −10 dropped).
 3. Estimation: ``mckp`` chooses one k per entry, maximising Σ log P(k) while meeting, per gene,
    the noise target Σ_cells E[λ] + ``fpr`` × Σ_cells x (a multiple-choice knapsack, solved
    greedily over the entries' increments, which is exact for log-concave windows); ``map``
@@ -84,6 +84,7 @@ def noise_posterior(
     window: int = 20,
     batch: int = 128,
     seed: int = 0,
+    rate: str = "upstream",
 ) -> NoisePosterior:
     """The noise-count posterior of every nonzero entry of ``cells`` (module doc, step 2)."""
     model.eval()
@@ -100,7 +101,7 @@ def noise_posterior(
         draws = []
         for _ in range(n_samples):
             g = model.guide(x, gen)
-            mu, _, lam1 = model.rates(g)
+            mu, lam1 = model.noise_rates(g, rate)
             draws.append((mu[rows, cols], lam1[rows, cols], 1.0 / g.phi))
             lam_mean += lam1[rows, cols] / n_samples
         k0 = (torch.round(torch.minimum(lam_mean, xv)) - window // 2).clamp(min=0)
@@ -130,27 +131,43 @@ def noise_posterior(
     )  # fmt: skip
 
 
+def posterior_mean(post: NoisePosterior) -> np.ndarray:
+    """E[k | x] of every entry under its (stored) window of noise-count probabilities."""
+    prob = np.exp(post.logp)
+    ks = post.k0[:, None] + np.arange(post.logp.shape[1])[None, :]
+    return (prob * ks).sum(1) / np.maximum(prob.sum(1), 1e-300)
+
+
+def _chain_costs(steps: np.ndarray, allowed: np.ndarray, reverse: bool) -> np.ndarray:
+    """Per entry, the costs of successive one-count steps away from the MAP made
+    non-decreasing along the chain (a running max: the convex hull of a log-concave window);
+    positions not on the chain, and every step after an impossible one, cost inf."""
+    c = np.where(allowed, np.where(np.isfinite(steps), steps, np.inf), -np.inf)
+    c = c[:, ::-1] if reverse else c
+    c = np.maximum.accumulate(c, axis=1)
+    c = c[:, ::-1] if reverse else c
+    return np.where(allowed, c, np.inf)
+
+
 def estimate(post: NoisePosterior, n_genes: int, fpr: float, method: str = "mckp") -> np.ndarray:
-    """The noise count chosen for every entry (module doc, step 3)."""
+    """The noise count chosen for every entry (module doc, step 3). ``mckp``: per gene the
+    target is the posterior-mean noise Σ E[k | x] plus ``fpr`` × the remaining counts
+    Σ (x − E[k | x]); starting from each entry's MAP, the cheapest one-count steps (in lost
+    log-probability) towards the target are taken gene by gene, up or down."""
     best = np.argmax(post.logp, axis=1)
     if method == "map" or post.x.size == 0:
         return post.k0 + best
     w = post.logp.shape[1]
-    j = np.arange(w)[None, :]
-    # costs of moving the choice one step up (j → j+1) or down (j → j−1), per entry
+    j = np.arange(w - 1)[None, :]
     with np.errstate(invalid="ignore"):
         up = post.logp[:, :-1] - post.logp[:, 1:]  # cost of j → j + 1 at position j
-    up = np.where(np.isnan(up), np.inf, up)
-    choice = best.copy()
-    target = np.bincount(post.cols, weights=post.expected + fpr * post.x, minlength=n_genes)
+    mean = posterior_mean(post)
+    target = np.bincount(post.cols, weights=mean + fpr * (post.x - mean), minlength=n_genes)
     current = np.bincount(post.cols, weights=post.k0 + best, minlength=n_genes)
     need = np.rint(target - current).astype(np.int64)  # per gene: steps up (+) or down (−)
-    # increments available above each entry's MAP, with costs made non-decreasing along the
-    # window (the convex hull: exact for log-concave windows)
-    inc = np.where(j[:, :-1] >= best[:, None], up, np.inf)
-    inc = np.maximum.accumulate(np.where(np.isfinite(inc), inc, np.inf), axis=1)
-    dec = np.where(j[:, 1:] <= best[:, None], -up, np.inf)  # cost of j+1 → j
-    dec = np.maximum.accumulate(dec[:, ::-1], axis=1)[:, ::-1]
+    inc = _chain_costs(up, j >= best[:, None], reverse=False)  # j → j + 1, j ≥ MAP
+    dec = _chain_costs(-up, j < best[:, None], reverse=True)  # j + 1 → j, j < MAP
+    choice = best.copy()
     for sign, costs in ((1, inc), (-1, dec)):
         genes = np.flatnonzero(sign * need > 0)
         if genes.size == 0:
