@@ -9,7 +9,6 @@ order depends only on (seed, e), so a loader position is (epoch, batch).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
