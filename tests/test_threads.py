@@ -45,11 +45,11 @@ def test_taskset_allocation_sizes_every_pool(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
 
 
-def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
-    code = "import harness, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
+    code = "import harness, os; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert out.stdout.strip() == "30000", out.stderr
+    env["GOMP_SPINCOUNT"] = "7"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "ACTIVE", out.stderr
+    assert out.stdout.strip() == "7", out.stderr

@@ -109,6 +109,7 @@ def fingerprint(runtime: Runtime, cwd: Path) -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         **dict(runtime.pools),
         "device": str(runtime.device),
         "dtype": str(runtime.dtype).removeprefix("torch."),
