@@ -138,8 +138,8 @@ _CALLS = [0]
 def compute(x, speed):
     if knobs.CRASH:
         raise RuntimeError("planted crash")
-    _CALLS[0] += 1  # call 1: the worker's start-up warm-up; call 2: its first full run
-    cold = 8 * knobs.SLEEP_S if _CALLS[0] == 2 else 0.0
+    _CALLS[0] += 1  # call 1: the process's first full run (workers start lazily: no
+    cold = 8 * knobs.SLEEP_S if _CALLS[0] == 1 else 0.0  # run at start-up, the warm round's)
     time.sleep(3600 if knobs.HANG else knobs.SLEEP_S * speed / 5 + cold)
     return x * 2.0 + knobs.OFFSET
 """
