@@ -115,8 +115,12 @@ def test_runs_are_deterministic_and_layouts_agree(tmp_path: Path) -> None:
     import anndata
 
     written = anndata.read_h5ad(tmp_path / "latent.h5ad")
-    assert written.obsm["X_scVI"].shape == a.outputs["latent"].shape
-    assert list(written.obs_names) == list(data["cells"].obs_names[state.eval_cells])
+    # every cell's latent (the held-out ones are the hashed latent): scvi-tools' convention
+    assert written.obsm["X_scVI"].shape == (written.n_obs, a.outputs["latent"].shape[1])
+    assert written.n_obs > a.outputs["latent"].shape[0]
+    assert list(written.obs_names) == list(data["cells"].obs_names)
+    held_out = written.obsm["X_scVI"][state.eval_cells]
+    np.testing.assert_allclose(held_out, np.asarray(a.outputs["latent"]), rtol=0, atol=1e-6)
 
 
 def test_pbmc68k_counts() -> None:
