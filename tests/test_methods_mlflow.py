@@ -3,6 +3,7 @@ in tmp), and its run reads back FINISHED with its timings and quality metrics.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.sinks.mlflow_names import mlflow_key
+from harness.sinks.mlflow_view import VIEW_TAG, training_view_url
 from harness.sinks.results_tsv import read_rows
 from tests.test_contract import TINY
 
@@ -66,9 +68,17 @@ def test_method_runs_with_mlflow_on_and_finishes(
     summary = proc.stdout.split("== harness summary ==", 1)[1]
     printed = [line.split(":", 1)[0].strip() for line in summary.splitlines() if " : " in line]
     skip = {"method", "hardware", "commit", "warmup_s", "output_hash", "verdict", "status",
-            "mlflow_run_id", "resumed"}  # fmt: skip
+            "mlflow_run_id", "mlflow_view", "resumed"}  # fmt: skip
     quality = [k for k in printed if k not in skip and not k.startswith("work_")]
     assert quality, summary
     missing = [k for k in quality if mlflow_key(k) not in metrics]
     assert not missing, (missing, sorted(metrics))
+    # the printed link opens the training view whose columns hold the headline metric(s)
+    exp = client.get_experiment(run.info.experiment_id)
+    link = re.search(r"mlflow_view\s+: (\S+)", summary)
+    assert link and link[1] == training_view_url(uri, exp.experiment_id), summary
+    columns = json.loads(exp.tags[VIEW_TAG])["selectedColumns"]
+    headline = [c.removeprefix("metrics.`").removesuffix("`") for c in columns[1:-2]]
+    assert columns[0] == "metrics.`elapsed_s`" and headline, columns
+    assert all(h in metrics for h in headline), (headline, sorted(metrics))
     assert run.data.tags["status"] == "baseline" and run.data.tags["verdict"] == "none"

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from harness.sinks.mlflow_view import LOCAL_UI, training_view_url
 from harness.sinks.results_tsv import read_rows
 from tests.conftest import REPO
 
@@ -38,10 +39,11 @@ def sweep(tmp_path):
            "method.sigma_override=100", "bench.repeats=1", "method.max_iter=20,30,40"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp_path
+    return tmp_path, proc.stdout
 
 
 def test_runs_table_and_compare_page_in_chromium(sweep):
+    sweep, stdout = sweep
     if CHROMIUM is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -71,7 +73,7 @@ def test_runs_table_and_compare_page_in_chromium(sweep):
                 time.sleep(0.5)
         base = f"http://127.0.0.1:{port}"
         names = [r.info.run_name for r in runs]
-        assert {n.split(" · ")[4] for n in names} == {f"method.max_iter={i}" for i in (20, 30, 40)}
+        assert {n.split(" · ")[0] for n in names} == {f"max_iter={i}" for i in (20, 30, 40)}
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,
@@ -79,13 +81,23 @@ def test_runs_table_and_compare_page_in_chromium(sweep):
                       "--disable-component-update", "--disable-sync", "--no-first-run"],
             )  # fmt: skip
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{base}/#/experiments/{exp_id}/runs", wait_until="load")
+            # the link every run prints: the model-training view (MLflow 3 opens GenAI's
+            # traces otherwise), the runs table with the harness's columns
+            links = [ln.split(":", 1)[1].split()[0] for ln in stdout.splitlines()
+                     if ln.strip().startswith("mlflow_view")]  # fmt: skip
+            assert links and links[-1] == training_view_url(LOCAL_UI, exp_id), stdout[-1500:]
+            page.goto(links[-1].replace(LOCAL_UI, base), wait_until="load")
             try:  # the runs table, one row per job, each named by its swept value
                 page.wait_for_selector("text=3 matching runs", timeout=60_000)
+                page.wait_for_selector("text=elapsed_s", timeout=30_000)
             finally:
                 page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"), full_page=True)
             text = page.inner_text("body")
             assert all(name in text for name in names), text[:2000]
+            headers = text[: text.index(names[0][:8])]  # the table's header row, before the runs
+            for column in ("elapsed_s", "truth_dominant_accuracy", "verdict", "status"):
+                assert column in headers, headers[-800:]
+            assert "workflowType=machine_learning" in page.url
             ids = ",".join(f'"{r.info.run_id}"' for r in runs)
             page.goto(f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp_id}\"]",
                       wait_until="load")  # fmt: skip

@@ -45,6 +45,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     mlflow_run_id: str = ""
+    mlflow_url: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -279,6 +280,7 @@ class Benchmark:
             rec = self.run_record(outcome)
             record.write(rec, self._live)
             outcome.mlflow_run_id, outcome.error = rec.mlflow_run_id, rec.error
+            outcome.mlflow_url = rec.mlflow_url
         finally:
             self._record_done.set()
         return True
@@ -323,6 +325,7 @@ class Benchmark:
             status=o.status, finished=self.finished, timings=timings,
             output_hash=o.output_hash, verdict=o.verdict, metrics=dict(o.metrics),
             tags=dict(o.tags), error=o.error, mlflow_run_id=o.mlflow_run_id,
+            mlflow_url=o.mlflow_url,
         )  # fmt: skip
 
 

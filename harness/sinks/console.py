@@ -94,4 +94,8 @@ def benchmark_summary(rec: Any) -> str:
     fields += [(k, f"{v:.6g}") for k, v in sorted(rec.metrics.items())]
     if rec.mlflow_run_id:
         fields.append(("mlflow_run_id", rec.mlflow_run_id))
+    if rec.mlflow_url:
+        local = rec.tracking.uri.startswith(("sqlite:", "file:")) or "://" not in rec.tracking.uri
+        serve = f"  (serve it: mlflow ui --backend-store-uri {rec.tracking.uri})" if local else ""
+        fields.append(("mlflow_view", rec.mlflow_url + serve))
     return "\n".join(["", "== harness summary ==", *summary_lines(fields)])

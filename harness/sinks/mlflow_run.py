@@ -8,8 +8,9 @@ FINISHED, FAILED (a crash, or its logging failed: the series so far and the log 
 KILLED (a timeout, SIGINT/SIGTERM). Runs a SIGKILLed process left RUNNING are ended FAILED by
 the next run on the host (:mod:`harness.sinks.orphans`). Every metric, param and tag key goes
 through :func:`harness.sinks.mlflow_names.mlflow_key` (``recall@1`` → ``recall_at_1``).
-Experiments are created as model-training experiments (``mlflow.experimentKind``), so the UI
-opens them on their runs table.
+Experiments are created as model-training experiments (``mlflow.experimentKind``) and carry
+the harness's saved runs-table view (:mod:`harness.sinks.mlflow_view`: the link the console
+prints opens the model-training view with elapsed_s, the headline quality, verdict, status).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,22 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
+def _experiment_id(
+    client: Any, name: str, artifact_root: Path | None, headline: Sequence[str] = ()
+) -> str:
     from mlflow.exceptions import MlflowException
+
+    from harness.sinks.mlflow_view import ensure_view
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = (artifact_root / name).resolve().as_uri() if artifact_root else None
         try:
-            return client.create_experiment(
+            exp_id = client.create_experiment(
                 name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
             )
+            ensure_view(client, exp_id, {}, headline)
+            return exp_id
         except MlflowException:  # another job created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -81,6 +88,7 @@ def _experiment_id(client: Any, name: str, artifact_root: Path | None) -> str:
     if exp.tags.get(EXPERIMENT_KIND[0]) is None:
         with contextlib.suppress(MlflowException):
             client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    ensure_view(client, exp.experiment_id, exp.tags, headline)
     return exp.experiment_id
 
 
@@ -109,16 +117,17 @@ def _tags(tags: Mapping[str, Any]) -> list[Any]:
 
 def open_run(
     uri: str, experiment: str, run_name: str, start_ms: int, artifact_root: Path | None,
-    tags: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None, headline: Sequence[str] = (),
 ) -> str:  # fmt: skip
     """Create a RUNNING run started at ``start_ms``, tagged with this process (``host``,
     ``pid``); returns its id. First ends the runs killed processes left RUNNING (orphans.reap).
+    ``headline``: the method's quality metrics, columns of the experiment's runs view.
     """
     from harness.sinks.orphans import process_tags, reap
 
     client = _client(uri)
     reap(client, uri)
-    exp_id = _experiment_id(client, experiment, artifact_root)
+    exp_id = _experiment_id(client, experiment, artifact_root, headline)
     run = client.create_run(exp_id, run_name=run_name, start_time=start_ms)
     client.log_batch(run.info.run_id, tags=_tags({**process_tags(), **(tags or {})}))
     return run.info.run_id
@@ -146,6 +155,7 @@ def log_run(
     start_ms: int | None = None,
     end_ms: int | None = None,
     run_id: str | None = None,
+    headline: Sequence[str] = (),
 ) -> str:
     """Log a benchmark into a run (a new one, or ``run_id`` opened live) and finish it.
 
@@ -157,7 +167,7 @@ def log_run(
     client = _client(uri)
     if run_id is None:
         run_id = open_run(uri, experiment, run_name, start_ms or int(time.time() * 1000),
-                          artifact_root)  # fmt: skip
+                          artifact_root, headline=headline)  # fmt: skip
     try:
         now = int(time.time() * 1000)
         metric_list = _metric_list(metrics, series, now)

@@ -38,16 +38,18 @@ def _lock(uri: str) -> Any:
 
 
 def run_name(who: Identity) -> str:
-    """What a run was: method · dataset · hardware · short commit (· its overrides in a sweep,
-    the swept keys first: they tell the sweep's jobs apart)."""
+    """What a run was, its distinct part first (the runs table cuts long names): in a sweep the
+    swept values (``max_iter=20``, the key's last part), then method · dataset · hardware · short
+    commit (· the sweep's other method/dataset/bench/hardware overrides)."""
     parts = [who.method, who.dataset, who.hardware, who.commit[:7] or "nogit"]
-    if who.sweep_id:
-        key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
-        named = [o for o in who.overrides
-                 if key(o).startswith(("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
-        swept = [o for o in who.overrides if key(o) in who.swept]
-        parts += list(dict.fromkeys([*swept, *named]))[:5]
-    return " · ".join(parts)
+    if not who.sweep_id:
+        return " · ".join(parts)
+    key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    swept = [o for o in who.overrides if key(o) in who.swept]
+    short = [f"{key(o).rsplit('.', 1)[-1]}={o.split('=', 1)[1]}" for o in swept if "=" in o]
+    named = [o for o in who.overrides if o not in swept
+             and key(o).startswith(("method.", "dataset.", "bench.", "hardware."))]  # fmt: skip
+    return " · ".join([*short, *parts, *named][: len(short) + len(parts) + 3])
 
 
 def open_live(rec: RunRecord) -> Any:
@@ -60,11 +62,22 @@ def open_live(rec: RunRecord) -> Any:
         with _lock(t.uri):
             run_id = open_run(
                 t.uri, t.experiment, run_name(who), int(who.started.timestamp() * 1000),
-                _artifacts(t), {"status": "running", "timing": who.timing},
+                _artifacts(t), {"status": "running", "timing": who.timing}, who.quality,
             )  # fmt: skip
     except Exception:
         return None
     return LiveRun(t.uri, run_id, t.live_interval_s, lambda: _lock(t.uri))
+
+
+def _view_url(uri: str, run_id: str) -> str:
+    """The link to the run's experiment in MLflow's training view ("" if the store says no)."""
+    from harness.sinks.mlflow_run import _client
+    from harness.sinks.mlflow_view import training_view_url
+
+    try:
+        return training_view_url(uri, _client(uri).get_run(run_id).info.experiment_id)
+    except Exception:  # a link is a convenience: never fail a record for it
+        return ""
 
 
 def _artifacts(t: Tracking) -> Any:
@@ -81,6 +94,7 @@ def write(rec: RunRecord, live: Any = None) -> None:
                 live.close()
             with _lock(uri):
                 rec.mlflow_run_id = log_mlflow(rec, live)
+                rec.mlflow_url = _view_url(uri, rec.mlflow_run_id)
         except Exception as exc:  # the row must not be lost because tracking failed
             first = " ".join(str(exc).split())[:200]
             if live is not None:  # opened live, then logging failed: FAILED, not RUNNING
@@ -203,4 +217,5 @@ def log_mlflow(rec: RunRecord, live: Any = None) -> str:
         start_ms=int(who.started.timestamp() * 1000),
         end_ms=int(finished.timestamp() * 1000),
         run_id=live.run_id if live is not None else None,
+        headline=who.quality,
     )

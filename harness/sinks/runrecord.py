@@ -83,3 +83,4 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
     error: str = ""
     mlflow_run_id: str = ""
+    mlflow_url: str = ""  # the run's experiment in MLflow's training view (sinks.mlflow_view)
