@@ -17,7 +17,7 @@ from harness.core.fsio import atomic_path
 from harness.core.signals import Interrupted, catch_interrupts
 from harness.sinks.results_tsv import read_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 LONG_SCVI = ["method=scvi", "hardware=cpu", "hardware.threads=1", "dataset.n_cells=300",
              "dataset.n_genes=60", "method.max_epochs=100000", "bench.warmup_steps=2",
              "run.output=out.h5ad"]  # fmt: skip
