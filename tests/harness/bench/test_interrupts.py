@@ -113,6 +113,8 @@ def test_a_run_whose_logging_fails_ends_failed(tmp_path: Path, monkeypatch) -> N
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_recording_is_held_until_the_record_ends(signum: int, code: int) -> None:
+    if signal.getsignal(signum) is signal.SIG_IGN:  # a background job (`cmd &`) ignores SIGINT
+        signal.signal(signum, signal.default_int_handler)
     before = signal.getsignal(signum)
     done = []
     with catch_interrupts() as signals, pytest.raises(Interrupted) as caught, signals.deferred():
