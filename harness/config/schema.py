@@ -35,7 +35,7 @@ ROLE_GROUPS: dict[str, str] = {
     "cells+captions": "captioned",
 }
 # The keys of the dict a role's loader returns (each an AnnData); what each must hold is in
-# the README's table and the loaders' docstrings (tests/test_contract.py loads every role).
+# the README's table and the loaders' docstrings (tests/harness/bench/test_contract.py loads every role).
 ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "spatial+reference": ("spatial", "reference"),
     "cells": ("cells",),
@@ -248,7 +248,7 @@ class DecisionConfig:
     # stay warm across tries while every candidate is new (measured, scVI 40 epochs on the
     # 2-core VM: an A/A try without it came out -4.2% [-18.7%, +8.6%] over 7 pairs, and three
     # more unchanged-speed tries -5% to -13%). Its own input: warming on the first round's input
-    # let a memo keyed on the input bytes through (tests/test_loop.py, planted cheats)
+    # let a memo keyed on the input bytes through (tests/loop/test_loop.py, planted cheats)
     warm_round: bool = True
     min_pairs: int = field(default=2, metadata=rng(ge=1))
     max_pairs: int = field(default=16, metadata=rng(ge=1))

@@ -22,7 +22,7 @@ r = (1/φ)(μ + λ)²/μ, or Poisson(λ) where μ < 1e-5·λ. The ELBO of a mini
 with the regularisers of the method notes: p_logit ~ N(prior, 2); 0.01 × the Poisson fit of
 every droplet's counts to λ(y = 0), weighted by q(y = 0); soft supervision of the logit
 towards ±10 (sd 1, weight 10) for droplets clearly on either side of the count crossover; the
-median ε of cells and of empties tied to 1 (sd 0.01). ``tests/test_cellbender_elbo.py``
+median ε of cells and of empties tied to 1 (sd 0.01). ``tests/methods/cellbender/test_cellbender_elbo.py``
 checks this ELBO against Pyro's ``TraceEnum_ELBO`` on the same model.
 """
 

@@ -17,7 +17,7 @@ elements; per element the lookup indices and flat offsets (int64) and ~8 values)
 
 The budget is ``fraction`` (default 1/2) of the free memory: CUDA's ``mem_get_info`` on a GPU,
 ``MemAvailable`` on a CPU, or an explicit cap (``method.memory_gb``; it is how the CPU tests
-check the model: tests/test_rctd_memory.py measures the peak RSS of a batch against it).
+check the model: tests/methods/rctd/test_rctd_memory.py measures the peak RSS of a batch against it).
 """
 
 from __future__ import annotations

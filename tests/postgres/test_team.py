@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import LoopRepo
+from tests.loop.loop_repo import LoopRepo
 
 TUNE = ["method=toy", "dataset=cells/toy", "hardware=cpu", "bench.repeats=3",
         "tracking.mlflow=false"]  # fmt: skip

@@ -16,7 +16,7 @@ import yaml
 
 from harness.config import schema
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 DECLARATIONS = set(schema.METHOD_METADATA) - {"tol"}
 
 

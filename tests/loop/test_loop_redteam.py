@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import TOY, LoopRepo
+from tests.loop.loop_repo import TOY, LoopRepo
 
 FIT = [
     "method=toyfit",

@@ -14,9 +14,9 @@ import pytest
 
 from harness.core.errors import UserError
 from harness.optimize.isolation import isolated_command, verify_checkout
-from tests.loop_repo import LoopRepo
+from tests.loop.loop_repo import LoopRepo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBE = "import harness, methods; print(harness.__file__); print(methods.__file__)"
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parent / "loop_fixture"
 
 # fast, quiet settings for every loop command (frozen at start: try takes no overrides)

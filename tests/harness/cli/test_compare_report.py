@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from harness.report import main as report_main
-from tests.loop_repo import TOY, LoopRepo
+from tests.loop.loop_repo import TOY, LoopRepo
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from methods.cellwhisperer.config import CellWhispererTolerance
 from methods.scbert.check import compare as scbert_compare
 from methods.scbert.config import ScBERTTolerance
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 
 
 @pytest.mark.parametrize(

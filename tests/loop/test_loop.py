@@ -11,7 +11,7 @@ import pytest
 
 from harness.optimize.decide import Rule, decide
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import TOY, LoopRepo
+from tests.loop.loop_repo import TOY, LoopRepo
 
 FAST = "methods/toy/fast.py"
 SLOW = """

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.test_contract import TINY, _harness, _methods
+from tests.harness.bench.test_contract import TINY, _harness, _methods
 
 BASE = ["hardware=cpu", "hardware.threads=1", "tracking.mlflow=false"]
 

@@ -1,7 +1,7 @@
 """The template method of README "Adding a method" (``examples/template_method``), exercised the
 way a stranger uses it: copied into a tree beside harness/, conf/ and methods/, then run through
 the real CLI (a baseline row, then an exact rerun, its work counted); its tolerance tier can
-fail; its YAML agrees with its schema. Its surfaces are checked in tests/test_surfaces.py."""
+fail; its YAML agrees with its schema. Its surfaces are checked in tests/loop/test_surfaces.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from harness.config.schema import ROLE_GROUPS, ROLE_KEYS
 from harness.scaffold import render
 from harness.sinks.results_tsv import read_rows
 from tests.conftest import REPO
-from tests.test_defaults_agree import DECLARATIONS, _disagreements
+from tests.harness.config.test_defaults_agree import DECLARATIONS, _disagreements
 
 EXAMPLE = REPO / "examples" / "template_method"
 # the smallest sensible benchmark of the template (its line of the TINY table)

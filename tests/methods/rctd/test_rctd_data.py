@@ -25,7 +25,7 @@ from methods.rctd.data import (
     validate_rctd_inputs,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[3] / "conf" / "dataset"
 SMALL = {"n_pixels": 300, "n_genes": 200, "n_types": 5, "ref_cells_per_type": 25}
 
 

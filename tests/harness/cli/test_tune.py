@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import LoopRepo
+from tests.loop.loop_repo import LoopRepo
 
 TUNE = [
     "method=toy",

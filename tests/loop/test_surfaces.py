@@ -16,7 +16,7 @@ import yaml
 
 from harness.optimize.surface import declared_imports, editable_modules, import_violations
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # (the root the method's paths are relative to, its conf/method YAML)
 METHODS = [
     (root, path)

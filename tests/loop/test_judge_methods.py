@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import LoopRepo
+from tests.loop.loop_repo import LoopRepo
 
 COMMON = ["hardware=cpu", "tracking.mlflow=false", "bench.timeout_s=300", "loop.rounds=2",
           "loop.min_pairs=1", "loop.max_pairs=1", "loop.warm_kept=false"]  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 
 from methods.rctd import likelihood, qp, sigma, solver
 from methods.rctd.qtable import SIGMA_GRID, load_or_build_tables
-from tests.test_rctd_solver import _random_qps, _synthetic
+from tests.methods.rctd.test_rctd_solver import _random_qps, _synthetic
 
 F64 = torch.float64
 

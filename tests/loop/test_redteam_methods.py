@@ -24,9 +24,9 @@ from harness.bench.baseline import Baseline, verdict
 from harness.bench.contract import RunContext
 from harness.bench.protocol import Tampered, timed_call
 from harness.bench.seal import Seal
-from tests.test_contract import TINY
+from tests.harness.bench.test_contract import TINY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAINERS = ["scvi", "cellbender", "scbert", "cellwhisperer"]
 # the parameter each trainer's "frozen" attack stops training (CellWhisperer: the temperature)
 FROZEN = {"scvi": None, "cellbender": None, "scbert": None, "cellwhisperer": "log_scale"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness.sinks.results_tsv import read_rows
-from tests.loop_repo import TOY, LoopRepo
+from tests.loop.loop_repo import TOY, LoopRepo
 
 
 @pytest.fixture(scope="module")

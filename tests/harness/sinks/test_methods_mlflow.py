@@ -15,11 +15,11 @@ import pytest
 from harness.sinks.mlflow_names import mlflow_key
 from harness.sinks.mlflow_view import VIEW_TAG, training_view_url
 from harness.sinks.results_tsv import read_rows
-from tests.test_contract import TINY
+from tests.harness.bench.test_contract import TINY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 # the slowest here (~40 s on 2 busy cores: its likelihood tables); RCTD with MLflow on also
-# runs by default in tests/test_cli.py
+# runs by default in tests/harness/cli/test_cli.py
 SLOW = {"rctd"}
 
 
