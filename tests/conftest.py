@@ -16,8 +16,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _STARTED = time.monotonic()
-# under a budget, these folders first: the judge's defences, then the methods, then the rest
-SLOW_ORDER = ("tests/loop/", "tests/methods/", "tests/harness/", "tests/")
+# under a budget, these folders first: the judge's defences, the engine, the services, methods
+SLOW_ORDER = (
+    "tests/loop/",
+    "tests/harness/",
+    "tests/slurm/",
+    "tests/postgres/",
+    "tests/methods/",
+    "tests/",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -37,6 +37,7 @@ def _rows(out: Path, check: str) -> list[dict]:
     return [r for r in data["rows"] if r["check"] == check]
 
 
+@pytest.mark.slow
 def test_tiny_run_passes_and_writes_every_check(tiny):
     proc, out = tiny
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

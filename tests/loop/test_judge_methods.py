@@ -65,6 +65,7 @@ def _plant(repo: LoopRepo, rel: str, old: str, new: str, tag: str) -> dict[str, 
     ],
     ids=["final-fit-3-iterations", "full-fit-5-iterations", "min_change-2e-3"],
 )
+@pytest.mark.slow
 def test_rctd_planted_regressions_are_wrong(repo, rel, old, new):
     if not (repo.root / "results" / "loop" / "rctd.json").exists():
         _start(repo, "rctd", RCTD)
@@ -104,6 +105,7 @@ SCVI_PLANTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(SCVI_PLANTED))
 def test_scvi_planted_regressions_are_wrong(repo, change):
     if not (repo.root / "results" / "loop" / "scvi.json").exists():
@@ -114,6 +116,7 @@ def test_scvi_planted_regressions_are_wrong(repo, change):
     assert (row["status"], row["verdict"]) == ("discard", "wrong"), row["description"]
 
 
+@pytest.mark.slow
 def test_scvi_legitimate_numerics_are_not_wrong(repo):
     if not (repo.root / "results" / "loop" / "scvi.json").exists():
         _start(repo, "scvi", SCVI)
@@ -158,6 +161,7 @@ TRAINER_PLANTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(TRAINER_PLANTED))
 def test_trainer_planted_regressions_are_wrong(repo, method):
     _start(repo, method, TINY_LOOP[method])

@@ -68,6 +68,7 @@ def _judged(repo: LoopRepo, change: str, *extra: str) -> dict[str, str]:
     return row
 
 
+@pytest.mark.slow
 def test_start_records_its_baseline_from_the_start_commit(repo):
     rows = [r for r in _rows(repo) if r["status"] == "baseline" and r["tag"] == "t"]
     assert rows and _state(repo)["base"].startswith(rows[0]["commit"])
@@ -88,6 +89,7 @@ def test_start_freezes_the_rules(repo):
 
 
 # ---- the keep rule ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unchanged_code_is_discarded_and_reverted(repo):
     repo.set_knob("SLEEP_S", "0.050", "A/A: same speed")
     row = _judged(repo, "same speed")
@@ -95,6 +97,7 @@ def test_unchanged_code_is_discarded_and_reverted(repo):
     assert "gain" in row["description"] and "pairs" in row["description"]
 
 
+@pytest.mark.slow
 def test_planted_slowdown_is_discarded(repo):
     repo.set_knob("SLEEP_S", "0.07", "slower")
     row = _judged(repo, "slower")
@@ -117,6 +120,7 @@ def test_real_speedup_is_kept_then_status(repo):
     assert "warm worker(s)" in status.stdout and "slot 1: pid" in status.stdout, status.stdout
 
 
+@pytest.mark.slow
 def test_neutral_simplification_is_kept_as_neutral(repo):
     text = (repo.root / FAST).read_text().replace("return x * 2.0", "return 2.0 * x")
     repo.write(FAST, text, "equal result, rewritten")
@@ -124,6 +128,7 @@ def test_neutral_simplification_is_kept_as_neutral(repo):
     assert (row["status"], row["verdict"]) == ("keep-neutral", "exact"), row["description"]
 
 
+@pytest.mark.slow
 def test_a_fresh_candidate_is_warmed_like_the_kept_workers(repo):
     """Unchanged speed, but the first full run in every process is slow (allocator growth,
     lazy initialisation): the kept workers are warm across tries and each candidate is new, so
@@ -235,6 +240,7 @@ def compute(x, speed):
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cheat", list(CHEATS))
 def test_planted_cheats_are_not_kept(repo, cheat):
     repo.write(FAST, HEADER + SLOW + CHEATS[cheat], cheat)
@@ -253,6 +259,7 @@ def test_planted_wrong_output_is_discarded(repo):
     assert "benchmark input" in row["description"]
 
 
+@pytest.mark.slow
 def test_planted_crash_is_recorded_and_reverted(repo):
     repo.set_knob("CRASH", "True", "crash")
     row = _try(repo, "crash")
@@ -262,6 +269,7 @@ def test_planted_crash_is_recorded_and_reverted(repo):
     assert any("planted crash" in p.read_text() for p in logs)
 
 
+@pytest.mark.slow
 def test_planted_hang_times_out_and_reverts(repo):
     repo.set_knob("HANG", "True", "hang")
     row = _try(repo, "hang")
@@ -279,6 +287,7 @@ def test_dirty_tree_refused_untouched(repo):
     repo.git("checkout", "--", "methods/toy/knobs.py")
 
 
+@pytest.mark.slow
 def test_edited_state_file_is_refused(repo):
     path = repo.root / "results" / "loop" / "t.json"
     original = path.read_text()
@@ -293,6 +302,7 @@ def test_edited_state_file_is_refused(repo):
     assert row["verdict"] == "wrong"
 
 
+@pytest.mark.slow
 def test_stop_ends_the_keeper_and_drop_lets_start_reuse_the_tag(repo):
 
     from harness.optimize.keeper import query

@@ -21,6 +21,7 @@ def repo(tmp_path_factory):
     shutdown(r.root / "results" / "loop" / "f" / "keeper.sock")
 
 
+@pytest.mark.slow
 def test_forked_candidates_are_judged_like_fresh_ones(repo):
     attempts = repo.root / "results" / "attempts" / "f"
     repo.set_knob("SLEEP_S", "0.03", "faster")

@@ -198,6 +198,7 @@ if _hashing is not None:
     ("name", "code"),
     [("evaluation patched at run time", PATCH_COMPARE), ("hash forged", FORGE_HASH)],
 )
+@pytest.mark.slow
 def test_patching_readonly_code_in_the_worker_is_refused(toy, name, code):
     _edit(toy, "methods/toy/knobs.py", "OFFSET = 0.0", "OFFSET = 0.5")  # and wrong, too
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + code)
@@ -244,6 +245,7 @@ def test_outputs_finished_after_the_run_are_wrong(toy):
     assert (row["status"], row["verdict"]) == ("discard", "wrong"), row
 
 
+@pytest.mark.slow
 def test_an_input_edited_in_place_reaches_no_other_run(toy):
     """Every timed run of the loop prepares its own copy of the judge's input file: zeroing it
     after use changes no output (exact) and gains nothing (discarded)."""
@@ -274,6 +276,7 @@ def compute(x, speed):
 """
 
 
+@pytest.mark.slow
 def test_work_moved_into_prepare_does_not_pay(toy):
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + PREPARE_WORK)
     toy.git("add", FAST)
@@ -308,6 +311,7 @@ FREEZE_BIAS = (
 NO_WORK_OBJECT = ("            step += 1\n", "            step += 1\n            ctx.work.counts\n")
 
 
+@pytest.mark.slow
 def test_work_booked_by_editable_code_is_refused(fit):
     (fit.root / FITPY).write_text((fit.root / FITPY).read_text() + BOOK_WORK)
     fit.git("add", FITPY)
@@ -316,6 +320,7 @@ def test_work_booked_by_editable_code_is_refused(fit):
     assert row["status"] == "rejected" and "booked from" in row["description"], row
 
 
+@pytest.mark.slow
 def test_editable_code_gets_no_work_counter(fit):
     _edit(fit, FITPY, *NO_WORK_OBJECT)
     fit.commit("reach ctx.work")
@@ -331,6 +336,7 @@ def test_editable_code_gets_no_work_counter(fit):
         ("a trainable parameter frozen", FREEZE_BIAS, "params_moved"),
     ],
 )
+@pytest.mark.slow
 def test_skipped_work_shows_in_the_counters(fit, name, edit, counter):
     _edit(fit, FITPY, *edit)
     fit.commit(name)
@@ -406,6 +412,7 @@ for _tree in _glob.glob(_os.path.join(_os.getcwd(), "results", "worktrees", "*")
 """
 
 
+@pytest.mark.slow
 def test_bytecode_planted_in_the_judges_worktree_is_never_loaded(toy):
     """A candidate's worker writes .pyc files (source mtime and size: all Python checks) into
     the judge's and the kept side's worktrees; the next, wrong commit is still judged wrong.
@@ -516,6 +523,7 @@ def compute(x, speed):
 """
 
 
+@pytest.mark.slow
 def test_processes_left_to_slow_the_kept_side_are_refused(toy):
     """Faster too (so the rule would keep it): the keep is refused for the interference."""
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + SPINNERS)
@@ -558,6 +566,7 @@ def compute(x, speed):
 """
 
 
+@pytest.mark.slow
 def test_work_done_while_the_input_loads_is_refused(toy):
     """Round two of the red team: a profile hook, armed from a gc callback, ran the whole run
     when the worker loaded a fresh input (untimed) and replayed it in the timed request. Now the

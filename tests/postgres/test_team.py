@@ -56,6 +56,7 @@ def _states(storage: str, name: str) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow
 def test_four_tune_workers_reach_exactly_the_total(repo, postgres):
     url = postgres.create_database("optuna")
     procs = _workers(repo, 4, f"tune.storage={url}", "tune.study=team", "tune.n_trials=24")
@@ -67,6 +68,7 @@ def test_four_tune_workers_reach_exactly_the_total(repo, postgres):
     assert sum("wrote " in o for o in outs) == 1  # the best parameters, written once
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_a_failed_trial_and_the_total_is_still_reached(repo, postgres):
     url = postgres.create_database("optuna")
     procs = _workers(repo, 3, f"tune.storage={url}", "tune.study=kill", "tune.n_trials=16",
@@ -88,6 +90,7 @@ def test_a_killed_worker_leaves_a_failed_trial_and_the_total_is_still_reached(re
     assert states.get("FAIL", 0) == 1 and "RUNNING" not in states
 
 
+@pytest.mark.slow
 def test_sqlite_concurrent_workers_reach_the_total_too(repo):
     url = f"sqlite:///{repo.root}/results/optuna-team.db"
     procs = _workers(repo, 3, f"tune.storage={url}", "tune.study=lite", "tune.n_trials=12")
@@ -124,6 +127,7 @@ def _server(backend: str, artifacts: Path, port: int, log: Path) -> subprocess.P
     pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_parallel_sweep_on_a_tracking_server(repo, postgres, tmp_path):
     port = _free_port()
     server = _server(postgres.create_database("mlflow"), tmp_path / "artifacts", port,

@@ -40,6 +40,7 @@ def _job_state(job: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_bench_sbatch_writes_its_row(tmp_path, table_cache, env):
     results = tmp_path / "results"
     log = tmp_path / "bench-%j.out"
@@ -69,6 +70,7 @@ def test_bench_sbatch_writes_its_row(tmp_path, table_cache, env):
         assert header in text, text
 
 
+@pytest.mark.slow
 def test_multirun_through_the_slurm_launcher_preset(tmp_path, table_cache, env):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "harness", "-m", "hydra/launcher=slurm", "hardware=cpu", *FIT]

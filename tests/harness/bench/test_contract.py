@@ -92,6 +92,7 @@ def test_every_role_yields_its_declared_data_keys() -> None:
     assert seen == set(ROLE_KEYS), f"no method covers role(s) {set(ROLE_KEYS) - seen}"
 
 
+@pytest.mark.slow
 def test_toy_trainer_train_timing_sparse_output_and_exact_rerun(tmp_path: Path) -> None:
     first = _harness(tmp_path, *TOY, "bench.warmup_steps=3")
     assert first.returncode == 0, first.stderr
@@ -114,6 +115,7 @@ def test_toy_trainer_train_timing_sparse_output_and_exact_rerun(tmp_path: Path) 
     assert stored.work["optimizer_steps"] == 48
 
 
+@pytest.mark.slow
 def test_statistical_determinism_is_judged_by_tolerance(tmp_path: Path) -> None:
     assert _harness(tmp_path, *TOY, "method.jitter=1e-5").returncode == 0
     noisy = _harness(tmp_path, *TOY, "method.jitter=1e-5")
@@ -126,6 +128,7 @@ def test_statistical_determinism_is_judged_by_tolerance(tmp_path: Path) -> None:
     assert fewer.returncode == 0
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_uninterrupted_hash(tmp_path: Path) -> None:
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     plain.mkdir()
@@ -160,6 +163,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_hash(tmp_path: Path) ->
     assert not ck.exists()
 
 
+@pytest.mark.slow
 def test_contract_violations_are_one_line_errors(tmp_path: Path) -> None:
     bad = _harness(tmp_path, *TOY, "method.autocast=fp16")  # declares bf16 only
     assert bad.returncode == 2 and "does not support fp16" in bad.stderr

@@ -57,6 +57,7 @@ def _runs(uri: str) -> dict:
     return {r.info.run_id: r for r in client.search_runs(ids)}
 
 
+@pytest.mark.slow
 def test_sigkilled_then_sigterm(tmp_path: Path) -> None:
     pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path}/mlflow.db"

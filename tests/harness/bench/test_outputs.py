@@ -75,6 +75,7 @@ CHECKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _methods())
 def test_output_covers_every_cell_and_opens_in_scanpy(tmp_path: Path, name: str) -> None:
     assert name in CHECKS, f"add an output check for method {name}"

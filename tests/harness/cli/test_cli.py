@@ -37,6 +37,7 @@ def test_two_runs_row_mlflow_and_exact_verdict(harness_cli, tmp_path):
     assert run["metrics.truth_dominant_accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 def test_changed_solver_setting_is_close_or_wrong_not_exact(harness_cli, tmp_path):
     assert harness_cli("hardware=cpu", *SMALL).returncode == 0
     # fewer QP sweeps changes the weights slightly: the hash differs, the verdict is judged
@@ -46,6 +47,7 @@ def test_changed_solver_setting_is_close_or_wrong_not_exact(harness_cli, tmp_pat
     assert row["verdict"] == "wrong"
 
 
+@pytest.mark.slow
 def test_each_mode_has_its_own_baseline(harness_cli, tmp_path):
     # the task identity (every method key but the search space) keys the baseline: doublet is
     # never judged against full
@@ -92,6 +94,7 @@ def test_bad_input_file_writes_nothing(harness_cli, tmp_path):
     assert not (tmp_path / "results" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_pbmc68k_real_cells(harness_cli, tmp_path):
     proc = harness_cli(
         "hardware=cpu", "dataset=spatial/pbmc68k", "dataset.n_pixels=200", "tracking.mlflow=false"

@@ -27,6 +27,7 @@ def _compare(repo: LoopRepo, a: str, b: str, *extra: str) -> subprocess.Complete
     return subprocess.run(cmd, cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_compare_flags_a_regression_only_one_way(repo):
     faster = _compare(repo, "HEAD~1", "HEAD")
     assert faster.returncode == 0, faster.stderr
@@ -82,6 +83,7 @@ def test_report_table_and_plots(tmp_path, capsys):
     assert report_main([f"paths.results={results}", "bogus=1"]) == 2
 
 
+@pytest.mark.slow
 def test_compare_says_when_differing_outputs_are_within_tolerance(repo):
     repo.set_knob("OFFSET", "1e-9", "a last-bits change: within the toy's 1e-6 tolerance")
     close = _compare(repo, "HEAD~1", "HEAD", "compare.max_pairs=2", "compare.min_pairs=2")

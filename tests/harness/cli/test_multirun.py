@@ -46,6 +46,7 @@ def _mlflow_runs(results: Path):
     return mlflow.search_runs(experiment_names=["rctd"])
 
 
+@pytest.mark.slow
 def test_sweep_jobs_share_one_sweep_id_in_rows_and_mlflow(multirun, tmp_path):
     # a preset, narrowed on the command line to two cheap jobs
     proc = multirun(
@@ -78,6 +79,7 @@ def test_sweep_jobs_share_one_sweep_id_in_rows_and_mlflow(multirun, tmp_path):
     assert two.split()[:4] == ["2", "300", "run", "exact"]
 
 
+@pytest.mark.slow
 def test_failed_jobs_do_not_stop_the_sweep_and_keep_their_rows(multirun, tmp_path):
     # job 0: an invalid value (error, nothing written); job 1 runs, but MLflow cannot write:
     # a clear error, and the row is still there
@@ -96,6 +98,7 @@ def test_failed_jobs_do_not_stop_the_sweep_and_keep_their_rows(multirun, tmp_pat
     assert "job(s) recorded" in proc.stdout and "sweep id: " in proc.stdout  # still summarised
 
 
+@pytest.mark.slow
 def test_single_run_joins_a_sweep_through_the_environment(harness_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_SWEEP_ID", "study7")
     proc = harness_cli("hardware=cpu", *SMALL, "bench.repeats=1", "tracking.mlflow=false")

@@ -38,6 +38,7 @@ def _tune(repo: LoopRepo, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_wrong_region_never_best_and_total_count_respected(repo):
     first = _tune(repo, "tune.n_trials=8", "tune.study=s")
     assert first.returncode == 0, first.stderr
@@ -73,6 +74,7 @@ def test_wrong_region_never_best_and_total_count_respected(repo):
     assert check.returncode == 0 and f"speed: {study.best_trial.params['speed']}" in check.stdout
 
 
+@pytest.mark.slow  # reads the study the test above tuned
 def test_report_plots_a_study(repo):
     from harness.report import main as report_main
 

@@ -32,6 +32,7 @@ def _methods() -> list:
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _methods())
 def test_method_runs_with_mlflow_on_and_finishes(
     tmp_path: Path, table_cache: Path, name: str

@@ -42,6 +42,7 @@ def sweep(tmp_path):
     return tmp_path, proc.stdout
 
 
+@pytest.mark.slow
 def test_runs_table_and_compare_page_in_chromium(sweep):
     sweep, stdout = sweep
     if CHROMIUM is None:

@@ -32,6 +32,7 @@ def _run(tmp_path: Path):
     return row, client, client.get_run(row["mlflow_run_id"])
 
 
+@pytest.mark.slow
 def test_finished_run_has_real_times_a_name_and_the_runs_table(tmp_path):
     proc = _harness(tmp_path, *TOY, "method.sleep_s=0.01")
     assert proc.returncode == 0, proc.stderr
@@ -47,6 +48,7 @@ def test_finished_run_has_real_times_a_name_and_the_runs_table(tmp_path):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_crash_mid_training_ends_failed_with_the_epochs_so_far(tmp_path):
     proc = _harness(tmp_path, *TOY, "method.sleep_s=0.05", "method.fail_at_epoch=4")
     assert proc.returncode != 0
@@ -57,6 +59,7 @@ def test_crash_mid_training_ends_failed_with_the_epochs_so_far(tmp_path):
     assert any(a.path == "run.log" for a in client.list_artifacts(run.info.run_id))
 
 
+@pytest.mark.slow
 def test_timeout_mid_training_ends_killed_with_the_epochs_so_far(tmp_path):
     # the watchdog's clock starts before data, warm-up and the MLflow store's creation (seconds
     # on a loaded CI machine): 20 s leaves room for epochs on any machine, 1000 x 0.05 s overruns it

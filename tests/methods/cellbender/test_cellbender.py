@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from harness.sinks.results_tsv import read_rows
@@ -56,6 +57,7 @@ def test_synthetic_droplets_keep_their_truth():
     assert 0.02 < frac < 0.2
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line(tmp_path):
     import anndata
 
@@ -111,6 +113,7 @@ def test_mckp_meets_each_genes_target():
         assert np.all(noise <= x) and np.all(noise >= 0)
 
 
+@pytest.mark.slow
 def test_training_finds_the_cells_and_the_ambient(tmp_path):
     proc = _harness(tmp_path, *BASE, "method.epochs=40", f"run.output={tmp_path}/out.h5ad")
     assert proc.returncode == 0, proc.stderr
@@ -130,6 +133,7 @@ def test_training_finds_the_cells_and_the_ambient(tmp_path):
 CKPT = ["checkpoint.enabled=true", "checkpoint.every_epochs=null", "checkpoint.every_steps=3"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path):
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     plain.mkdir()
@@ -156,6 +160,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path):
     assert not ck.exists()
 
 
+@pytest.mark.slow
 def test_posterior_only_from_a_finished_checkpoint(tmp_path):
     args = [*BASE, "method.epochs=8", "checkpoint.enabled=true", "checkpoint.keep=true"]
     first = _harness(tmp_path, *args)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -43,6 +44,7 @@ def test_rank_value_tokens():
     assert t[0, 1].item() - 2 in (1, 2, 3) and t[1].tolist() == [1, 2, 0]
 
 
+@pytest.mark.slow
 def test_local_tokenizer_and_pretrained_checkpoint(tmp_path):
     tok = TextTokens(["A sample of alpha cells", "beta cells in lung"], max_len=8)
     ids, mask = tok(["alpha cells in lung", "unknown words"])
@@ -64,6 +66,7 @@ def test_local_tokenizer_and_pretrained_checkpoint(tmp_path):
     assert missing.returncode == 2 and len(lines) == 1 and "never downloaded" in lines[0]
 
 
+@pytest.mark.slow
 def test_locked_tower_cache_equals_recomputing(tmp_path):
     a = _harness(tmp_path, *TINY, "method.epochs=2", "bench.baseline=off")
     b = _harness(tmp_path, *TINY, "method.epochs=2", "bench.baseline=off", "method.cache=false")
@@ -79,6 +82,7 @@ def test_nan_loss_stops_with_one_line(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and "NaN" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_zero_shot_on_held_out_cells_and_wordings(tmp_path):
     # mid-sized towers (found by a sweep: the 32-wide ones reach top-1 0.79, these 0.94 in 2 s)
     learn = [a for a in TINY if not a.startswith(("method.projection", "method.cell_hidden",

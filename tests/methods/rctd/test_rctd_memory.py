@@ -70,6 +70,7 @@ def test_footprint_model_bounds_the_measured_peak(tmp_path):
     assert 0.5 * model <= measured <= model, (measured, model)
 
 
+@pytest.mark.slow
 def test_memory_cap_picks_a_smaller_batch_same_outputs(harness_cli, tmp_path):
     # a cap that leaves room for the tiles and ~40 pixels of 200 genes (of 300)
     room = memory.fixed_bytes(2**18, 8) + 40 * memory.row_bytes(200, 4, 8)

@@ -48,6 +48,7 @@ def multi_run(table_cache):
 # ------------------------------------------------------------------------------ sigma
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", [0.3, 0.5])
 def test_sigma_estimation_recovers_noise_level(table_cache, noise):
     kw = dict(n_pixels=400, n_genes=300, n_types=4, noise_sigma=noise, platform_sd=0.2)

@@ -107,6 +107,7 @@ def test_mc_inference_samples_only_the_head(tmp_path):
     assert (fast.mutual_info >= -1e-6).all() and (fast.entropy >= 0).all()
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line(tmp_path):
     import anndata
     import scipy.sparse as sp
@@ -122,6 +123,7 @@ def test_bad_inputs_are_one_line(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_two_stages_and_pruning_learn_and_flag_the_novel_type(tmp_path):
     # the default model on a small data set; prune_tolerance=1 forces pruning to its target
     # (a tiny model's val F1 wobbles more than the default 0.01 tolerance). Found by a sweep:

@@ -42,6 +42,7 @@ def _harness(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Complete
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path: Path) -> None:
     plain, resumed = tmp_path / "plain", tmp_path / "resumed"
     plain.mkdir()
@@ -76,6 +77,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_hash(tmp_path: Path) -> Non
     assert row["resumed"] and row["resumed"].count("/") == 2  # epoch/batch/step
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_code_or_config_is_refused(tmp_path: Path) -> None:
     from harness.bench.checkpoint import CheckpointFile
 

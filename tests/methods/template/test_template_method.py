@@ -48,6 +48,7 @@ def _harness(tree: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_the_template_runs_through_the_real_cli(tmp_path: Path) -> None:
     tree = template_tree(tmp_path)
     listing = _harness(tree, "list")
