@@ -16,10 +16,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _STARTED = time.monotonic()
-# under a budget, these folders first: the judge's defences, the engine, the services, methods
+# under a budget, these first: the judge's defences, the engine, the GPU pack, the services
 SLOW_ORDER = (
     "tests/loop/",
     "tests/harness/",
+    "tests/benchmarks/",
     "tests/slurm/",
     "tests/postgres/",
     "tests/methods/",

@@ -51,6 +51,7 @@ def test_tiny_run_passes_and_writes_every_check(tiny):
     assert data["machine"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_every_method_on_the_device_reruns_stably(tiny):
     _, out = tiny
     rows = _rows(out, "methods")
@@ -66,6 +67,7 @@ def test_every_method_on_the_device_reruns_stably(tiny):
     assert rctd["float32"]["verdict"] == "close"  # another precision, within the tolerance
 
 
+@pytest.mark.slow
 def test_device_vs_cpu_and_memory_and_loader(tiny):
     _, out = tiny
     agree = _rows(out, "device-vs-cpu")
@@ -81,6 +83,7 @@ def test_device_vs_cpu_and_memory_and_loader(tiny):
     assert all(r["same_hash"] and r["cells_per_s"] > 0 for r in loader)
 
 
+@pytest.mark.slow
 def test_judge_finds_the_planted_slowdown(tiny):
     _, out = tiny
     aa, planted = _rows(out, "judge")

@@ -6,6 +6,7 @@ from harness.sinks.results_tsv import COLUMNS, read_rows
 from tests.conftest import SMALL
 
 
+@pytest.mark.slow
 def test_two_runs_row_mlflow_and_exact_verdict(harness_cli, tmp_path):
     first = harness_cli("hardware=cpu", *SMALL, "run.description=first")
     assert first.returncode == 0, first.stderr
