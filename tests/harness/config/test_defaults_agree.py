@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from omegaconf import OmegaConf
 
 from harness.config import schema
 
@@ -58,20 +58,26 @@ def _disagreements(
     ]
 
 
+def _load(path: Path) -> dict:
+    """The YAML as Hydra reads it (OmegaConf: ``1.0e4`` is a float, as PyYAML's 1.1 rules
+    would make it a string), interpolations left as written."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
 def _schema_files() -> list[Path]:
     return sorted(p for p in CONF.rglob("*.yaml") if "_schema_:" in p.read_text())
 
 
 @pytest.mark.parametrize("path", _schema_files(), ids=lambda p: str(p.relative_to(CONF)))
 def test_method_and_dataset_yaml_agree_with_their_schema(path):
-    values = yaml.safe_load(path.read_text())
+    values = _load(path)
     module, name = values["_schema_"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     assert _disagreements(values, cls, frozenset(DECLARATIONS | {"defaults"})) == []
 
 
 def test_harness_keys_agree_with_the_schema():
-    values = yaml.safe_load((CONF / "config.yaml").read_text())
+    values = _load(CONF / "config.yaml")
     blocks = {f.name: f.type for f in dataclasses.fields(schema.Config)}
     found = [k for k in values if k in blocks and k not in ("method", "dataset", "hardware")]
     assert {"bench", "paths", "tracking", "checkpoint", "correctness"} <= set(found)

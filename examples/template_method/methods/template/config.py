@@ -49,6 +49,7 @@ class TemplateConfig(MethodConfig):
     TIMING: ClassVar[str] = "train"  # a trainer: warm-up steps, then ONE timed training
     DETERMINISM: ClassVar[str] = "bitwise"  # same seed, same bytes (no atomics, no sampling)
     AUTOCAST: ClassVar[tuple[str, ...]] = ()  # no bf16/fp16 support declared
+    QUALITY: ClassVar[tuple[str, ...]] = ("latent_r2", "recon_mse")  # headline, by preference
 
     n_components: int = field(default=8, metadata=rng(ge=1))
     epochs: int = field(default=20, metadata=rng(ge=1))
