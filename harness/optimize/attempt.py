@@ -170,6 +170,11 @@ class Attempt:
         self.verdict = "exact"
         self.template: Any = None  # the candidate's worker template (loop.launch.fork)
         self.details: dict[str, Any] = {"draws": []}
+        from harness.optimize import cgroup
+
+        why = cgroup.available()  # a freezer cgroup per worker (cgroup.py) where allowed
+        self.cgroups = not why
+        self.details["cgroup"] = why or "on"
         if self.loop.launch.sandbox:
             self.launch = self._sandboxed(self.launch)
         self.candidate_outputs: RunResult | None = None
@@ -216,8 +221,9 @@ class Attempt:
 
     # ---- workers -----------------------------------------------------------------------
     def _sandboxed(self, launch: Launch) -> Launch:
-        """``launch`` inside the OS sandbox (:mod:`.sandbox`): what the judge trusts read-only."""
-        from harness.optimize import sandbox
+        """``launch`` inside the OS sandbox (:mod:`.sandbox`): what the judge trusts read-only
+        (the cgroup filesystems too: a worker cannot move itself out of its cgroup)."""
+        from harness.optimize import cgroup, sandbox
 
         why = sandbox.available()
         self.details["sandbox"] = why or "on"
@@ -225,7 +231,8 @@ class Attempt:
             return launch
         cache = (Path.cwd() / self.valid.top.paths.cache).resolve()
         readonly = [self.root, self.results, gitops.git_dir(self.repo),
-                    Path(self.frozen["judge_tree"]), *sandbox.python_paths()]  # fmt: skip
+                    Path(self.frozen["judge_tree"]), *sandbox.python_paths(),
+                    *cgroup.mount_points()]  # fmt: skip  # a worker cannot leave its cgroup
         prefix = sandbox.prefix(readonly, writable=[self.dir, cache])
         return Launch(prefix + launch.prefix, launch.env)
 
@@ -254,13 +261,34 @@ class Attempt:
 
                 tlog = self.dir / f"{self.number:03d}-{self.head[:8]}-template.log"
                 self.template = Template(
-                    checkout, overrides, tlog, self.bench.top.bench.timeout_s, self.launch
-                )
+                    checkout, overrides, tlog, self.bench.top.bench.timeout_s, self.launch,
+                    cgroups=self.cgroups,
+                )  # fmt: skip
             return self.template.fork(log, suspend)
+        group = None
+        if self.cgroups:  # frozen whole while the other side is timed; emptied at close
+            from harness.optimize.cgroup import Cgroup
+
+            group = Cgroup()
         return Worker(
             checkout, overrides, log, self.bench.top.bench.timeout_s, self.launch, suspend,
             lazy=self.loop.warm_round,  # the warm round warms it: no start-up input or run
+            cgroup=group,
         )  # fmt: skip
+
+    def _left_behind(self, cand: Worker) -> None:
+        """Refuse a candidate whose worker left processes running outside its process group
+        (in another session, daemonised): they could run while the other side is timed."""
+        left = cand.leftovers()
+        if left:
+            from harness.optimize.cgroup import process_line
+
+            raise Rejected(
+                "rejected",
+                f"the candidate left {len(left)} process{'es' if len(left) > 1 else ''} running "
+                f"outside its worker ({process_line(left[0])}): a candidate must not start "
+                "processes that outlive its request",
+            )
 
     def _kept_tree(self) -> Path:
         tree = self.results / "worktrees" / f"{self.state.tag}-kept"
@@ -344,6 +372,7 @@ class Attempt:
     def play(self, p: int, kept: Worker, cand: Worker, session: Session) -> PairLog:
         if p == 0:
             self.gates(cand)
+            self._left_behind(cand)
         log = PairLog()
         if self.loop.warm_round:  # untimed, on an input of its own: both sides equally warm
             t0 = time.monotonic()
@@ -376,6 +405,7 @@ class Attempt:
             self._judge(
                 self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
             )
+            self._left_behind(cand)
             every.kept.append(k)
             every.candidate.append(c)
             if session.disturbed((k, c), self.loop.disturbed, self.loop.max_reruns):

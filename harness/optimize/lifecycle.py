@@ -46,14 +46,18 @@ def keeper_lines(results: Path, tag: str) -> list[str]:
 
 
 def stop(repo: Any, tag: str) -> None:
-    """End the loop's keeper and its warm workers."""
-    from harness.optimize import gitops
+    """End the loop's keeper and its warm workers; kill and remove the worker cgroups of
+    judges that are gone (:mod:`.cgroup`)."""
+    from harness.optimize import cgroup, gitops
     from harness.optimize.keeper import shutdown
     from harness.optimize.state import LoopState
 
     results = LoopState.results_for(gitops.git_dir(repo), tag)
     ended = shutdown(_socket(results, tag))
     print(f"loop {tag}: " + ("keeper and its workers stopped" if ended else "nothing running"))
+    swept = cgroup.sweep()
+    if swept:
+        print(f"loop {tag}: removed {swept} worker cgroup(s) left by judges that are gone")
 
 
 def drop(repo: Any, tag: str) -> None:

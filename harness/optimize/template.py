@@ -168,17 +168,27 @@ class Template:
 
     def __init__(
         self, checkout: Path, overrides: list[str], log_path: Path, timeout_s: float,
-        launch: Launch | None = None,
+        launch: Launch | None = None, cgroups: bool = False,
     ) -> None:  # fmt: skip
+        """``cgroups``: the template and every forked worker each in a cgroup of its own
+        (:mod:`.cgroup`; a forked worker is moved into its own as soon as it is forked)."""
         launch = launch or Launch()
         env = ((TEMPLATE_ENV, "1"),)
         self.timeout_s = timeout_s
+        self.cgroups = cgroups
         self.process = Worker(
             checkout, overrides, log_path, timeout_s, Launch(launch.prefix, launch.env + env),
-            suspend=True, expect="template",
+            suspend=True, expect="template", cgroup=self._cgroup(),
         )  # fmt: skip
         self.fifos = Path(tempfile.mkdtemp(prefix="harness-fork-"))
         self.forked = 0
+
+    def _cgroup(self) -> Any:
+        if not self.cgroups:
+            return None
+        from harness.optimize.cgroup import Cgroup
+
+        return Cgroup()
 
     def fork(self, log_path: Path, suspend: bool = False) -> Worker:
         """A fresh lazy worker, forked from the template, ready for requests."""
@@ -190,13 +200,21 @@ class Template:
         reply = self.process.request("fork", stdin=str(fifo_in), stdout=str(fifo_out),
                                      log=str(log_path))  # fmt: skip
         proc = ForkedProcess(int(reply["pid"]), None, None)
+        group = self._cgroup()
+        if group is not None:  # out of the template's cgroup, before it serves a request
+            try:
+                group.add(proc.pid)
+            except OSError as exc:
+                proc.kill()
+                group.remove()
+                raise WorkerFailed("crash", f"forked worker {proc.pid}: {exc}") from None
         try:  # the child opens its stdin, then its stdout: the same order here
             proc.stdin = open(_opened(fifo_in, os.O_WRONLY, proc), "w")  # noqa: SIM115
             proc.stdout = open(_opened(fifo_out, os.O_RDONLY, proc))  # noqa: SIM115
         finally:
             for fifo in (fifo_in, fifo_out):
                 fifo.unlink()
-        return Worker.attach(proc, log_path, self.timeout_s, suspend)
+        return Worker.attach(proc, log_path, self.timeout_s, suspend, group)
 
     def close(self) -> None:
         self.process.close()

@@ -132,14 +132,18 @@ class Worker:
         suspend: bool = False,
         lazy: bool = False,
         expect: str = "ready",
+        cgroup: Any = None,
     ) -> None:
         """``suspend``: keep the worker's process group stopped (SIGSTOP) between requests, so
         nothing it started — a thread, a child process — runs while it is not being served
         (while the other side is timed, in particular). ``lazy``: ask it to start without an
         input (``harness.optimize.serve``, protocol 5); ``self.lazy`` says whether it did.
-        ``expect``: the event its first line must be (``template``: :mod:`.template`)."""
+        ``expect``: the event its first line must be (``template``: :mod:`.template`).
+        ``cgroup``: a :class:`.cgroup.Cgroup` the worker joins before it execs Python: frozen
+        between requests, emptied and removed at close."""
         self.timeout_s = timeout_s
         self.suspend = suspend
+        self.cgroup = cgroup
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
@@ -149,8 +153,9 @@ class Worker:
         if lazy:
             env["HARNESS_WORKER_LAZY"] = "1"
         self.started = time.monotonic()
+        join = cgroup.prefix() if cgroup is not None else ()
         self.proc = subprocess.Popen(
-            launch.command(isolated_command(checkout, "harness.worker", overrides)),
+            [*join, *launch.command(isolated_command(checkout, "harness.worker", overrides))],
             cwd=checkout,
             env=env,
             stdin=subprocess.PIPE,
@@ -162,10 +167,13 @@ class Worker:
         self._handshake(expect)
 
     @classmethod
-    def attach(cls, proc: Any, log_path: Path, timeout_s: float, suspend: bool) -> Worker:
+    def attach(
+        cls, proc: Any, log_path: Path, timeout_s: float, suspend: bool, cgroup: Any = None
+    ) -> Worker:
         """A worker started elsewhere (forked by a template) speaking on ``proc``'s pipes."""
         self = cls.__new__(cls)
         self.timeout_s, self.suspend, self.log_path = timeout_s, suspend, log_path
+        self.cgroup = cgroup
         self._log = open(log_path, "a")  # noqa: SIM115 - closed in close()
         self.started = time.monotonic()
         self.proc = proc
@@ -223,11 +231,27 @@ class Worker:
     def _pause(self) -> None:
         if self.suspend:
             self._group(signal.SIGSTOP)
+        if self.cgroup is not None:  # and whatever it started, in any session
+            self.cgroup.freeze()
+
+    def _resume(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.thaw()
+        if self.suspend:
+            self._group(signal.SIGCONT)
+
+    def leftovers(self) -> list[int]:
+        """Processes in the worker's cgroup outside its process group: ones it started in
+        another session or daemonised (empty without a cgroup)."""
+        if self.cgroup is None:
+            return []
+        from harness.optimize.cgroup import pgid
+
+        return [p for p in self.cgroup.pids() if pgid(p) not in (self.proc.pid, None)]
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        if self.suspend:
-            self._group(signal.SIGCONT)
+        self._resume()
         try:
             return self._exchange(op, args)
         finally:
@@ -275,10 +299,13 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if self.cgroup is not None:  # and in its cgroup, whatever session
+            self.cgroup.remove()
 
     def close(self) -> None:
         """Ask the worker to quit (no reply expected); kill it if it does not."""
         if self.proc.poll() is None:
+            self._resume()
             self._group(signal.SIGCONT)
             try:
                 assert self.proc.stdin is not None
