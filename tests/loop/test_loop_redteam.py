@@ -525,7 +525,13 @@ def compute(x, speed):
 
 @pytest.mark.slow
 def test_processes_left_to_slow_the_kept_side_are_refused(toy):
-    """Faster too (so the rule would keep it): the keep is refused for the interference."""
+    """Faster too (so the rule would keep it). Where workers get cgroups the spinners are
+    frozen with the candidate's cgroup and refused as processes left behind, whatever the
+    machine's load; elsewhere the keep is refused for the interference."""
+    from harness.optimize import cgroup
+
+    before = _stale_cgroups()
+
     (toy.root / FAST).write_text((toy.root / FAST).read_text() + SPINNERS)
     _edit(toy, "methods/toy/knobs.py", "SLEEP_S = 0.05", "SLEEP_S = 0.03")
     toy.git("add", FAST)
@@ -534,7 +540,67 @@ def test_processes_left_to_slow_the_kept_side_are_refused(toy):
         row = _judge(toy, "r", "spinners")
     finally:
         (toy.root / "results" / "spin.stop").write_text("")
-    assert row["status"] == "rejected" and "interference" in row["description"], row
+    if cgroup.available():
+        assert row["status"] == "rejected" and "interference" in row["description"], row
+    else:
+        assert row["status"] == "rejected", row
+        assert "the candidate left 2 processes running outside its worker" in row["description"]
+        assert "python -c import os, time" in row["description"], row
+        assert _stale_cgroups() == before
+
+
+DAEMON = """
+
+import os as _os
+import sys as _sys
+
+_plain = compute
+_FORKED = []
+
+
+def compute(x, speed):
+    if not _FORKED:  # a double-forked daemon: reparented to init, in a session of its own
+        _FORKED.append(1)
+        if _os.fork() == 0:
+            _os.setsid()
+            if _os.fork() == 0:
+                _os.execv(_sys.executable, [_sys.executable, "-c", "import time; time.sleep(60)"])
+            _os._exit(0)
+        _os.wait()
+    return _plain(x, speed)
+"""
+
+
+def _stale_cgroups() -> list[str]:
+    """Worker cgroups of this test process's judges still on the machine (none may be)."""
+    from harness.optimize import cgroup
+
+    found = cgroup.hierarchy()
+    if found is None:
+        return []
+    parent = found[1] / cgroup.PARENT
+    return sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.exists() else []
+
+
+@pytest.mark.slow
+def test_a_double_forked_daemon_is_refused(toy):
+    """A grandchild reparented to init is in no process group of the worker's, yet in its
+    cgroup: refused as a process left behind, and killed with the cgroup."""
+    from harness.optimize import cgroup
+
+    if cgroup.available():
+        pytest.skip(f"no worker cgroups here: {cgroup.available()}")
+    before = _stale_cgroups()
+    (toy.root / FAST).write_text((toy.root / FAST).read_text() + DAEMON)
+    toy.git("add", FAST)
+    toy.commit("leave a daemon")
+    row = _judge(toy, "r", "daemon")
+    assert row["status"] == "rejected", row
+    assert "the candidate left 1 process running outside its worker" in row["description"], row
+    assert "python -c import time; time.sleep(60)" in row["description"], row
+    assert _stale_cgroups() == before
+    left = subprocess.run(["pgrep", "-f", "import time; time.sleep[(]60[)]"], capture_output=True)
+    assert left.stdout == b"", left.stdout
 
 
 PRECOMPUTE_ON_LOAD = """
