@@ -275,13 +275,17 @@ class Worker:
     def timed(self, op: str = "time", **args: Any) -> Timing:
         """One timed request, measured from outside: wall seconds of the round trip and the
         CPU seconds the kernel accounted to the worker meanwhile."""
-        before = tree_cpu_ns(self.proc.pid)
-        b0 = system_busy_s()
-        t0 = time.perf_counter()
-        reply = self.request(op, **args)
-        wall = time.perf_counter() - t0
-        b1 = system_busy_s()
-        after = tree_cpu_ns(self.proc.pid)
+        self._resume()  # thawed and stopped again off the clock: both cost the judge time
+        try:
+            before = tree_cpu_ns(self.proc.pid)
+            b0 = system_busy_s()
+            t0 = time.perf_counter()
+            reply = self._exchange(op, args)
+            wall = time.perf_counter() - t0
+            b1 = system_busy_s()
+            after = tree_cpu_ns(self.proc.pid)
+        finally:
+            self._pause()
         if before is None or after is None:
             cpu = tree = waited = float("nan")
         else:
