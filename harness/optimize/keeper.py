@@ -88,13 +88,18 @@ class Keeper:
         self.used[slot] = time.monotonic()
         w = self.workers.get(slot)
         if w is None or w.proc.poll() is not None:
+            if w is not None:
+                w.close()  # what it left, its cgroup
             self._make_room(slot)
             s = self.spec
             launch = Launch(tuple(s["prefix"]), tuple(tuple(e) for e in s["env"]))
             log = Path(s["logs"]) / f"kept-{s['kept'][:8]}-slot{slot + 1}.log"
+            from harness.optimize import cgroup
+
+            group = None if cgroup.available() else cgroup.Cgroup()  # frozen between requests
             w = Worker(
                 Path(s["tree"]), list(s["overrides"]), log, float(s["timeout_s"]), launch,
-                lazy=bool(s.get("lazy", False)),
+                lazy=bool(s.get("lazy", False)), cgroup=group,
             )  # fmt: skip
             self.workers[slot] = w
         return w
