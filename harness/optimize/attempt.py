@@ -264,7 +264,13 @@ class Attempt:
                     checkout, overrides, tlog, self.bench.top.bench.timeout_s, self.launch,
                     cgroups=self.cgroups,
                 )  # fmt: skip
-            return self.template.fork(log, suspend)
+            worker = self.template.fork(log, suspend)
+            try:  # the candidate's import-time code ran in the template: nothing left there
+                self._left_behind(self.template.process)
+            except Rejected:
+                worker.close()
+                raise
+            return worker
         group = None
         if self.cgroups:  # frozen whole while the other side is timed; emptied at close
             from harness.optimize.cgroup import Cgroup

@@ -39,3 +39,37 @@ def test_forked_candidates_are_judged_like_fresh_ones(repo):
     row = read_rows(repo.root / "results" / "results.tsv")[-1]
     assert (row["status"], row["verdict"]) == ("discard", "wrong") and repo.head() != head
     assert "worker start-up" in wrong.stdout  # every decision says where the time went
+
+
+IMPORT_DAEMON = """
+
+import subprocess as _subprocess
+import sys as _sys
+
+_subprocess.Popen(  # at import, in the template: a process in a session of its own
+    [_sys.executable, "-c", "import time; time.sleep(61)"], start_new_session=True
+)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_left_by_import_time_code_in_the_template_is_refused(repo):
+    """The template imports the candidate's code: what that leaves running outside the
+    template's process group is in its cgroup, and refused."""
+    import subprocess
+
+    from harness.optimize import cgroup
+
+    if cgroup.available():
+        pytest.skip(f"no worker cgroups here: {cgroup.available()}")
+    fast = repo.root / "methods" / "toy" / "fast.py"
+    fast.write_text(fast.read_text() + IMPORT_DAEMON)
+    repo.git("add", "methods/toy/fast.py")
+    repo.commit("leave a process at import")
+    tried = repo.loop("try", "-d", "import-time daemon")
+    assert tried.returncode == 0, tried.stderr
+    row = read_rows(repo.root / "results" / "results.tsv")[-1]
+    assert row["status"] == "rejected", row
+    assert "left 1 process running outside its worker" in row["description"], row
+    left = subprocess.run(["pgrep", "-f", "time.sleep[(]61[)]"], capture_output=True)
+    assert left.stdout == b"", left.stdout  # killed with the template's cgroup
