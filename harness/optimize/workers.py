@@ -181,9 +181,14 @@ class Worker:
         return self
 
     def _handshake(self, expect: str) -> None:
-        self.ready = self._read()
-        if self.ready.get("event") != expect:
-            raise self._failure(self.ready)
+        try:
+            self.ready = self._read()
+            if self.ready.get("event") != expect:
+                raise self._failure(self.ready)
+        except BaseException:  # never returned, so never closed: end it and its cgroup here
+            with contextlib.suppress(Exception):
+                self.kill()
+            raise
         self._pause()
         self.startup_s = time.monotonic() - self.started
         self.protocol = int(self.ready.get("protocol", 1))
