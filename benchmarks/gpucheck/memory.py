@@ -4,9 +4,9 @@
   from the free memory (CUDA ``mem_get_info``; on a CPU ``MemAvailable``), and the peak of the
   full-mode fit (``solve_irwls``) against the footprint model for that batch; then a
   ``method.memory_gb`` cap sized for a quarter of the pixels: a smaller batch, the same hash.
-- CellBender's posterior: its peak and the bytes per droplet of a batch. CellBender has no
-  memory model yet (its posterior batch is a fixed default), so the row reports what one would
-  be fitted to and how many droplets per batch the free memory would hold at that rate.
+- CellBender's posterior (``posterior_batch=auto``, ``methods/cellbender/memory.py``): the batch
+  it picks and the peak of ``noise_posterior`` against the batch model for the batch that held
+  the most counts (on a GPU the kept posterior is on the host: the device holds the batches).
 
 The method runs in this process (``harness.api.prepared``, then one run as the harness times
 it); the measured functions are wrapped where the method module imported them.
@@ -15,7 +15,6 @@ it); the measured functions are wrapped where the method module imported them.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -141,6 +140,9 @@ def check_memory(pack: Pack) -> list[Row]:
 
 
 def _cellbender(pack: Pack, row: Row) -> None:
+    import torch
+
+    from methods.cellbender import memory as cb_memory
     from methods.cellbender import method as cb_method
 
     calls: list[dict] = []
@@ -150,23 +152,33 @@ def _cellbender(pack: Pack, row: Row) -> None:
         free["bytes"] = free_memory(device)
         return measured(cb_method, "noise_posterior", device, calls)
 
-    _run_once(pack, ["method=cellbender", *pack.sizes.cellbender_memory], wrap)
-    call = calls[-1]
-    cells = len(call["args"][2])
-    params = inspect.signature(cb_method.noise_posterior).parameters
-    batch = int(call["kwargs"].get("batch", params["batch"].default))
-    per_cell = call["peak"] / max(1, min(batch, cells))
+    ready, _ = _run_once(pack, ["method=cellbender", *pack.sizes.cellbender_memory], wrap)
+    call = calls[-1]  # the timed run's posterior
+    _, staged, cells, n_samples, window = call["args"][:5]
+    batch = int(call["kwargs"]["batch"])
+    itemsize = torch.empty((), dtype=staged.dtype).element_size()
+    n_genes = int(ready.state.genes.size)
+    predicted = 0  # the model for the batch that held the most counts
+    for lo in range(0, len(cells), batch):
+        x, _, _ = staged.rows(cells[lo : lo + batch])
+        entries = int((x > 0).sum())
+        predicted = max(predicted, cb_memory.batch_bytes(
+            x.shape[0], entries, n_genes, n_samples, window, itemsize))  # fmt: skip
+    ratio = call["peak"] / max(predicted, 1)
     row.figures.update(
         free_mb=mb(free["bytes"]),
-        droplets=cells,
+        droplets=len(cells),
         batch=batch,
+        predicted_mb=mb(predicted),
         measured_mb=mb(call["peak"]),
-        bytes_per_droplet=int(per_cell),
-        free_would_hold=int(0.5 * free["bytes"] / per_cell) if per_cell > 0 else None,
+        measured_over_predicted=round(ratio, 3),
     )
-    row.status = INFO
     row.note = (
-        f"{call['source']}; no memory model: the posterior batch is a fixed {batch} "
-        "(methods/cellbender/posterior.py); free_would_hold = half the free memory / measured "
-        "bytes per droplet"
+        f"{call['source']}; posterior_batch=auto (methods/cellbender/memory.py: at most 128 "
+        "cells); predicted = batch_bytes of the batch with the most counts"
     )
+    if predicted < SMALL_MB * 2**20 and staged.device.type == "cpu":
+        row.status, row.note = INFO, row.note + f"; model below {SMALL_MB} MB: not judged"
+    else:
+        row.status = OK if ratio <= 1.0 else WARN
+        row.note += "" if ratio <= 1.0 else "; the model under-predicts"

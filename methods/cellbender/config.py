@@ -99,5 +99,11 @@ class CellBenderConfig(MethodConfig):
     posterior_rate: str = field(default="upstream", metadata=rng(choices=["upstream", "full"]))
     posterior_samples: int = field(default=20, metadata=rng(ge=1))
     posterior_window: int = field(default=20, metadata=rng(ge=2))
+    # cells per posterior batch: auto = upstream's 128, fewer where the memory model
+    # (methods/cellbender/memory.py) says 128 do not fit half the free memory (or memory_gb);
+    # a number: that batch. The posterior draws' random stream follows the batch
+    posterior_batch: str = field(default="auto", metadata=rng(ge=1, words=["auto"]))
+    # posterior_batch=auto: the memory budget in GiB (null: the device's free memory)
+    memory_gb: float | None = field(default=None, metadata=rng(gt=0, task=False))
     dense_max_gb: float = field(default=2.0, metadata=rng(gt=0, task=False))
     tol: CellBenderTolerance = field(default_factory=CellBenderTolerance)

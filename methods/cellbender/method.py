@@ -34,7 +34,7 @@ from harness.api import (
     phase,
     seed_everything,
 )
-from methods.cellbender import check, priors
+from methods.cellbender import check, memory, priors
 from methods.cellbender.config import CellBenderConfig
 from methods.cellbender.data import ROLE
 from methods.cellbender.model import Constants, FullModel
@@ -228,14 +228,15 @@ class CellBender:
         if ctx.warmup:  # warm the posterior's code paths on a few droplets
             cells = cells[:32]
         x_cells = state.x_analysed[cells][:, state.genes]
+        batch = self.posterior_batch(x_cells)
         label = (
             f"noise-count posterior of {cells.size} cells x {state.genes.size} genes "
-            f"({x_cells.nnz} nonzero counts), {c.posterior_samples} draws"
+            f"({x_cells.nnz} nonzero counts), {c.posterior_samples} draws, batches of {batch}"
         )
         with phase(f"warm-up: {label}" if ctx.warmup else label, self._log):
             post = noise_posterior(
-                model, state.staged, cells, c.posterior_samples, c.posterior_window, seed=c.seed,
-                rate=c.posterior_rate,
+                model, state.staged, cells, c.posterior_samples, c.posterior_window,
+                batch=batch, seed=c.seed, rate=c.posterior_rate,
             )  # fmt: skip
         t2 = time.perf_counter()
         noise = estimate(post, int(state.genes.size), c.fpr, c.estimator)
@@ -249,6 +250,29 @@ class CellBender:
             info={"train_s": t1 - t0, "posterior_s": t2 - t1, "estimate_s": t3 - t2},
         )
 
+    def posterior_batch(self, x_cells: sp.csr_matrix) -> int:
+        """``method.posterior_batch``, or with ``auto`` the most cells, at most 128, whose
+        batch the memory holds (methods/cellbender/memory.py)."""
+        c = self.cfg
+        if c.posterior_batch != "auto":
+            return int(c.posterior_batch)
+        dev = self.runtime.device
+        itemsize = torch.empty((), dtype=self.runtime.dtype).element_size()
+        budget = memory.free_bytes(dev, c.memory_gb)
+        kept = memory.kept_bytes(x_cells.nnz, c.posterior_window, itemsize)
+        kept = 0 if dev.type == "cuda" else kept  # on a GPU the kept posterior is on the host
+        nnz = np.diff(x_cells.indptr)
+        size = memory.auto_batch(
+            x_cells.shape[0], x_cells.shape[1], int(nnz.max()) if nnz.size else 0,
+            c.posterior_samples, c.posterior_window, itemsize, budget, kept,
+        )  # fmt: skip
+        if size < min(memory.CAP, x_cells.shape[0]):
+            self._log(
+                f"posterior_batch=auto: {size} cells per batch ({budget / 2**30:.2f} GiB "
+                f"{'given' if c.memory_gb else 'free'}, {memory.FRACTION:g} of it for the batches)"
+            )
+        return size
+
     def _outputs(
         self, state: CellBenderState, model: FullModel, lat: Any, cells: np.ndarray,
         clean: sp.csr_matrix, noise: np.ndarray, post: Any, curve: dict,
@@ -256,10 +280,16 @@ class CellBender:
         """Per input droplet / gene (droplets not analysed: probability 0, no counts)."""
         n_all, g_all = state.n_droplets, state.n_genes_all
         rows = state.analysed[cells]
-        # denoised: modelled genes of the cells, plus their excluded genes unchanged
-        full = sp.csr_matrix(state.x_analysed[cells], dtype=np.float64).tolil()
-        full[:, state.genes] = clean
-        full = sp.csr_matrix(full)
+        # denoised: modelled genes of the cells, plus their excluded genes unchanged (CSR all
+        # through: a LIL matrix held ~120 bytes per count, more than the posterior keeps)
+        full = state.x_analysed[cells].astype(np.float64)  # a copy: zeroed in place below
+        modelled = np.zeros(g_all, dtype=bool)
+        modelled[state.genes] = True
+        full.data[modelled[full.indices]] = 0.0
+        full.eliminate_zeros()
+        full = (full + sp.csr_matrix(
+            (clean.data, state.genes[clean.indices], clean.indptr), shape=full.shape
+        )).tocsr()  # fmt: skip
         coo = full.tocoo()
         denoised_all = sp.csr_matrix((coo.data, (rows[coo.row], coo.col)), shape=(n_all, g_all))
 

@@ -101,7 +101,7 @@ def test_mckp_meets_each_genes_target():
             logp = np.where(k <= x[:, None], 0.0, -np.inf) + logp[:, ::-1]
         logp = np.where(k <= x[:, None], logp, -np.inf)
         logp = logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
-        post = NoisePosterior(np.arange(e), cols, x, k0, logp, lam)
+        post = NoisePosterior.from_dense(np.arange(e), cols, x, k0, logp)
         noise = estimate(post, 5, fpr=fpr)
         mean = posterior_mean(post)
         target = np.bincount(cols, weights=mean + fpr * (x - mean), minlength=5)
@@ -111,6 +111,71 @@ def test_mckp_meets_each_genes_target():
         got = np.bincount(cols, weights=noise, minlength=5)
         assert np.all(np.abs(got - np.rint(target)) <= 1), (scale, got, target)
         assert np.all(noise <= x) and np.all(noise >= 0)
+
+
+def _dense_estimate(rows, cols, x, k0, logp, n_genes, fpr):
+    """The estimator as it was on the dense (E, W) window (before #23 item 4), for reference."""
+    from methods.cellbender.posterior import _chain_costs
+
+    best = np.argmax(logp, axis=1)
+    w = logp.shape[1]
+    j = np.arange(w - 1)[None, :]
+    with np.errstate(invalid="ignore"):
+        up = logp[:, :-1] - logp[:, 1:]
+    prob = np.exp(logp)
+    mean = (prob * (k0[:, None] + np.arange(w))).sum(1) / np.maximum(prob.sum(1), 1e-300)
+    target = np.bincount(cols, weights=mean + fpr * (x - mean), minlength=n_genes)
+    need = np.rint(target - np.bincount(cols, weights=k0 + best, minlength=n_genes)).astype(int)
+    inc = _chain_costs(up, j >= best[:, None], reverse=False)
+    dec = _chain_costs(-up, j < best[:, None], reverse=True)
+    choice = best.copy()
+    for sign, costs in ((1, inc), (-1, dec)):
+        genes = np.flatnonzero(sign * need > 0)
+        e_idx, steps = np.nonzero(np.isfinite(costs) & np.isin(cols, genes)[:, None])
+        gene = cols[e_idx]
+        order = np.lexsort((costs[e_idx, steps], gene))
+        e_idx, gene = e_idx[order], gene[order]
+        starts, ends = np.searchsorted(gene, genes), np.searchsorted(gene, genes, side="right")
+        take = np.zeros(e_idx.size, dtype=bool)
+        for g, a, b in zip(genes, starts, ends, strict=True):
+            take[a : a + min(b - a, int(sign * need[g]))] = True
+        choice = choice + sign * np.bincount(e_idx[take], minlength=x.size)
+    return k0 + np.clip(choice, 0, w - 1)
+
+
+def test_compact_posterior_estimates_as_the_dense_window(monkeypatch):
+    """The kept posterior (ragged spans, float32) and the chunked estimator give the dense
+    estimator's noise counts exactly, whatever the chunk and however often the cheapest steps
+    are merged; ties in cost included."""
+    from scipy.special import gammaln
+
+    from methods.cellbender import posterior
+
+    rng = np.random.default_rng(1)
+    n_cells, n_genes, w = 300, 40, 12
+    dense = rng.random((n_cells, n_genes)) < 0.5
+    rows, cols = np.nonzero(dense)
+    e = rows.size
+    x = rng.integers(1, 30, e)
+    k0 = np.maximum(rng.integers(-3, 8, e), 0)
+    k0 = np.minimum(k0, np.maximum(x - w + 1, 0))
+    k = k0[:, None] + np.arange(w)[None, :]
+    lam = rng.uniform(0.2, 6.0, e)[:, None]
+    logp = k * np.log(lam) - lam - gammaln(k + 1)
+    logp = np.where(k <= x[:, None], logp, -np.inf)
+    logp = (logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)).astype(np.float32)
+    logp = np.round(logp, 1).astype(np.float64)  # many equal costs: the tie order matters
+    logp = np.where(logp < -10, -np.inf, logp)
+    post = NoisePosterior.from_dense(rows, cols, x, k0, logp, n_cells)
+    assert post.values.size < np.isfinite(logp).sum() + e and np.array_equal(post.rows, rows)
+    for fpr in (0.0, 0.01, 0.2):
+        want = _dense_estimate(rows, cols, x, k0, logp, n_genes, fpr)
+        for chunk, flush in ((1, 1), (7, 50), (500, 3), (None, posterior.FLUSH)):
+            monkeypatch.setattr(posterior, "FLUSH", flush)
+            got = estimate(post, n_genes, fpr, chunk=chunk)
+            assert np.array_equal(got, want), (fpr, chunk, flush)
+        mean = posterior_mean(post, chunk=13)
+        assert np.array_equal(mean, posterior_mean(post))
 
 
 @pytest.mark.slow
