@@ -222,8 +222,9 @@ class LaunchConfig:
     malloc: bool = True  # one malloc arena, fixed mmap/trim thresholds
     threads: int = field(default=1, metadata=rng(ge=0))  # hardware.threads of workers (0: keep)
     # candidate workers forked from one pre-imported template per try (harness/optimize/
-    # template.py) instead of started afresh: start-up paid once per commit. Off until its
-    # per-process bias is measured against fresh processes (benchmarks/process_bias.py)
+    # template.py) instead of started afresh: start-up paid once per commit. Off: forked
+    # workers ran 12-21% slower than fresh ones here (benchmarks/process_bias.py, the
+    # measurement in template.py's docstring) and only the candidate side is forked
     fork: bool = False
     # workers in a mount namespace where the Python installation, the repository (checkouts,
     # results, .git) and the loop's files are read-only, but for their scratch and the cache
