@@ -220,7 +220,14 @@ class FullModel(nn.Module):
         return z_loc, z_scale, p_logit, eps_mean, d_cell_loc
 
     def guide(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Guide:
-        z_loc, z_scale, p_logit, eps_mean, d_cell_loc = self.encode(x)
+        return self.sample(self.encode(x), x, generator)
+
+    def sample(
+        self, enc: tuple[torch.Tensor, ...], x: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Guide:  # fmt: skip
+        """One draw of the guide from its deterministic part ``enc`` (``encode(x)``)."""
+        z_loc, z_scale, p_logit, eps_mean, d_cell_loc = enc
         b = x.shape[0]
 
         def normal(shape: tuple[int, ...]) -> torch.Tensor:

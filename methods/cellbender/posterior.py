@@ -146,11 +146,15 @@ def map_latents(model: FullModel, staged: Any, n: int, batch: int = 500) -> Late
     return Latents(*(np.concatenate(out[k]) for k in "zpdeb"))
 
 
-def _nb_log(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """log NB(x; mean μ, inverse dispersion α), elementwise (full, with lgamma(x + 1))."""
+def _nb_log(
+    x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, lgamma_x1: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log NB(x; mean μ, inverse dispersion α), elementwise (full, with lgamma(x + 1);
+    ``lgamma_x1``: that term precomputed)."""
     log_am = torch.log(alpha + mu)
+    lg_x1 = torch.lgamma(x + 1) if lgamma_x1 is None else lgamma_x1
     return (
-        torch.lgamma(x + alpha) - torch.lgamma(alpha) - torch.lgamma(x + 1)
+        torch.lgamma(x + alpha) - torch.lgamma(alpha) - lg_x1
         + alpha * (torch.log(alpha) - log_am) + x * (torch.log(mu.clamp(min=1e-30)) - log_am)
     )  # fmt: skip
 
@@ -182,8 +186,9 @@ def noise_posterior(
         xv = x[rows, cols]
         probs, lam_mean = None, torch.zeros_like(xv)
         draws = []
+        enc = model.encode(x)  # deterministic in eval mode: the same for every draw
         for _ in range(n_samples):
-            g = model.guide(x, gen)
+            g = model.sample(enc, x, gen)
             mu, lam1 = model.noise_rates(g, rate)
             draws.append((mu[rows, cols], lam1[rows, cols], 1.0 / g.phi))
             lam_mean += lam1[rows, cols] / n_samples
@@ -191,15 +196,18 @@ def noise_posterior(
         k0 = torch.minimum(k0, (xv - window + 1).clamp(min=0))
         k = k0[:, None] + ks[None, :]
         valid = k <= xv[:, None]
+        # the same for every draw: the signal count x − k and the lgamma terms of k and x − k
+        signal = (xv[:, None] - k).clamp(min=0)
+        lg_k1, lg_s1 = torch.lgamma(k + 1), torch.lgamma(signal + 1)
         for mu, lam, alpha in draws:
             log_j = (
-                k * torch.log(lam[:, None]) - lam[:, None] - torch.lgamma(k + 1)
-                + _nb_log((xv[:, None] - k).clamp(min=0), mu[:, None], alpha)
+                k * torch.log(lam[:, None]) - lam[:, None] - lg_k1
+                + _nb_log(signal, mu[:, None], alpha, lg_s1)
             )  # fmt: skip
             log_j = torch.where(valid, log_j, torch.full_like(log_j, -torch.inf))
             post = torch.softmax(log_j, dim=-1)
             probs = post if probs is None else probs + post
-        del draws, k, valid
+        del draws, k, valid, signal, lg_k1, lg_s1
         logp = torch.log(probs / n_samples)
         kept = logp >= -10  # the rest is −inf (below −10, or k > x)
         first = kept.to(torch.uint8).argmax(1)
