@@ -198,16 +198,22 @@ def noise_posterior(
         valid = k <= xv[:, None]
         # the same for every draw: the signal count x − k and the lgamma terms of k and x − k
         signal = (xv[:, None] - k).clamp(min=0)
-        lg_k1, lg_s1 = torch.lgamma(k + 1), torch.lgamma(signal + 1)
+        # log Poisson(k; λ) + log NB(x − k; μ, α) along the window, up to terms constant along
+        # it (−λ, −lgamma(α), α·log(α / (α + μ))), which the softmax cancels. The draw-invariant
+        # −lgamma(k + 1) − lgamma(x − k + 1) (−inf past k = x) is computed once; lgamma(s + α)
+        # of the signal s = x − k, one less per position, as −Σ log(s + α) (lgamma(s + 1 + α)
+        # = lgamma(s + α) + log(s + α)) up to a per-entry constant: valid positions come first.
+        base = -(torch.lgamma(k + 1) + torch.lgamma(signal + 1))
+        base = torch.where(valid, base, torch.full_like(base, -torch.inf))
         for mu, lam, alpha in draws:
-            log_j = (
-                k * torch.log(lam[:, None]) - lam[:, None] - lg_k1
-                + _nb_log(signal, mu[:, None], alpha, lg_s1)
-            )  # fmt: skip
-            log_j = torch.where(valid, log_j, torch.full_like(log_j, -torch.inf))
+            slope = torch.log(mu.clamp(min=1e-30)) - torch.log(alpha + mu)
+            log_j = torch.cumsum(torch.log(signal + alpha), dim=1).neg_()
+            log_j += k * torch.log(lam)[:, None]
+            log_j += signal * slope[:, None]
+            log_j += base
             post = torch.softmax(log_j, dim=-1)
-            probs = post if probs is None else probs + post
-        del draws, k, valid, signal, lg_k1, lg_s1
+            probs = post if probs is None else probs.add_(post)
+        del draws, k, valid, signal, base
         logp = torch.log(probs / n_samples)
         kept = logp >= -10  # the rest is −inf (below −10, or k > x)
         first = kept.to(torch.uint8).argmax(1)
