@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# the guide's Gamma and Beta draws without argument checks (in range by construction)
+_Gamma = partial(torch.distributions.Gamma, validate_args=False)
+_Beta = partial(torch.distributions.Beta, validate_args=False)
 
 Z_DIM = 64
 HIDDEN = 512
@@ -44,6 +49,16 @@ PHI_PRIOR = (1.0, 5.0)  # Gamma(concentration, rate): mean 0.2, sd 0.2
 NB_SWITCH = 1e-5  # μ < 1e-5·λ: pure Poisson
 EMPTY_SD = 0.01  # d_empty's prior scale (ε carries the droplets' spread)
 N_EXTRA = 4  # extra encoder features: log Σx, log nnz, closeness to d_empty, ‖z‖
+# the constants of log Gamma(ε; 50, 50) − log Gamma(ε; 100, 100 / ε̂), and of the global
+# priors log Beta(ρ; 1.5, 50) + log Gamma(φ; 1, 5)
+_GAMMA_CONST = (
+    EPS_PRIOR * math.log(EPS_PRIOR) - math.lgamma(EPS_PRIOR)
+    - EPS_GUIDE * math.log(EPS_GUIDE) + math.lgamma(EPS_GUIDE)
+)  # fmt: skip
+_PRIOR_CONST = (
+    math.lgamma(RHO_PRIOR[0] + RHO_PRIOR[1]) - math.lgamma(RHO_PRIOR[0]) - math.lgamma(RHO_PRIOR[1])
+    + PHI_PRIOR[0] * math.log(PHI_PRIOR[1]) - math.lgamma(PHI_PRIOR[0])
+)  # fmt: skip
 
 
 @dataclass
@@ -136,6 +151,9 @@ class Guide:
     eps: torch.Tensor
     rho: torch.Tensor  # () global draws
     phi: torch.Tensor
+    z_noise: torch.Tensor | None = None  # the standard normal draw of z: (z − loc) / scale
+    log_d_cell: torch.Tensor | None = None  # log d_cell, log d_empty as drawn (before exp)
+    log_d_empty: torch.Tensor | None = None
 
 
 @dataclass
@@ -220,24 +238,31 @@ class FullModel(nn.Module):
         return z_loc, z_scale, p_logit, eps_mean, d_cell_loc
 
     def guide(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Guide:
-        z_loc, z_scale, p_logit, eps_mean, d_cell_loc = self.encode(x)
+        return self.sample(self.encode(x), x, generator)
+
+    def sample(
+        self, enc: tuple[torch.Tensor, ...], x: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Guide:  # fmt: skip
+        """One draw of the guide from its deterministic part ``enc`` (``encode(x)``)."""
+        z_loc, z_scale, p_logit, eps_mean, d_cell_loc = enc
         b = x.shape[0]
 
         def normal(shape: tuple[int, ...]) -> torch.Tensor:
             return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
 
-        z = z_loc + z_scale * normal(z_loc.shape)
-        d_cell = torch.exp(d_cell_loc + self.d_cell_log_scale.exp() * normal((b,)))
-        d_empty = torch.exp(self.d_empty_loc + self.d_empty_log_scale.exp() * normal((b,)))
-        eps = torch.distributions.Gamma(
-            torch.full_like(eps_mean, EPS_GUIDE), EPS_GUIDE / eps_mean
-        ).rsample()
+        n_z = normal(z_loc.shape)
+        z = z_loc + z_scale * n_z
+        log_d = d_cell_loc + self.d_cell_log_scale.exp() * normal((b,))
+        log_de = self.d_empty_loc + self.d_empty_log_scale.exp() * normal((b,))
+        eps = _Gamma(torch.full_like(eps_mean, EPS_GUIDE), EPS_GUIDE / eps_mean).rsample()
         ra, rb = self.rho_params()
-        rho = torch.distributions.Beta(ra, rb).rsample()
-        phi = torch.distributions.Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).rsample()
+        rho = _Beta(ra, rb).rsample()
+        phi = _Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).rsample()
         return Guide(
-            z_loc, z_scale, z, p_logit, d_cell_loc, d_cell, d_empty, eps_mean, eps, rho, phi
-        )
+            z_loc, z_scale, z, p_logit, d_cell_loc, torch.exp(log_d), torch.exp(log_de),
+            eps_mean, eps, rho, phi, n_z, log_d, log_de,
+        )  # fmt: skip
 
     # ---- the model ---------------------------------------------------------------------
     def rates(self, g: Guide) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,34 +303,41 @@ class FullModel(nn.Module):
         log_q1, log_q0 = F.logsigmoid(g.p_logit), F.logsigmoid(-g.p_logit)
         log_p1, log_p0 = F.logsigmoid(prior_logit), F.logsigmoid(-prior_logit)
         enum = q1 * (log_p1 - log_q1 + ll1) + (1 - q1) * (log_p0 - log_q0 + ll0)
-        # continuous local latents: log p − log q at the sampled values
-        lp_z = -0.5 * (g.z.square() + math.log(2 * math.pi)).sum(-1)
-        lq_z = torch.distributions.Normal(g.z_loc, g.z_scale).log_prob(g.z).sum(-1)
-        log_d = torch.log(g.d_cell)
-        lp_d = torch.distributions.Normal(c.log_cell_prior, c.d_std).log_prob(log_d) - log_d
-        lq_d = (
-            torch.distributions.Normal(g.d_cell_loc, self.d_cell_log_scale.exp()).log_prob(log_d)
-            - log_d
+        # continuous local latents: log p − log q at the sampled values, written out (the
+        # −½·log 2π of matching Normals and the −log d Jacobians cancel; (z − loc) / scale is
+        # the drawn standard normal; log scale of d_cell and d_empty are their parameters)
+        n_z = g.z_noise if g.z_noise is not None else (g.z - g.z_loc) / g.z_scale
+        log_d = g.log_d_cell if g.log_d_cell is not None else torch.log(g.d_cell)
+        log_de = g.log_d_empty if g.log_d_empty is not None else torch.log(g.d_empty)
+        z_term = (0.5 * (n_z.square() - g.z.square()) + torch.log(g.z_scale)).sum(-1)
+        s_d = self.d_cell_log_scale.exp()
+        d_term = (
+            -0.5 * ((log_d - c.log_cell_prior) / c.d_std).square()
+            + 0.5 * ((log_d - g.d_cell_loc) / s_d).square()
+            + (self.d_cell_log_scale - math.log(c.d_std))
         )
-        lp_e = torch.distributions.Gamma(EPS_PRIOR, EPS_PRIOR).log_prob(g.eps)
-        lq_e = torch.distributions.Gamma(
-            torch.full_like(g.eps_mean, EPS_GUIDE), EPS_GUIDE / g.eps_mean
-        ).log_prob(g.eps)
-        log_de = torch.log(g.d_empty)
-        lp_de = torch.distributions.Normal(c.log_empty_prior, EMPTY_SD).log_prob(log_de)
-        lq_de = torch.distributions.Normal(self.d_empty_loc, self.d_empty_log_scale.exp()).log_prob(
-            log_de
+        # Gamma(50, 50) − Gamma(100, 100 / ε̂) at ε
+        log_e = torch.log(g.eps)
+        e_term = (
+            (EPS_PRIOR - EPS_GUIDE) * log_e - EPS_PRIOR * g.eps
+            + EPS_GUIDE * (torch.log(g.eps_mean) + g.eps / g.eps_mean) + _GAMMA_CONST
+        )  # fmt: skip
+        de_term = (
+            -0.5 * ((log_de - c.log_empty_prior) / EMPTY_SD).square()
+            + 0.5 * ((log_de - self.d_empty_loc) / self.d_empty_log_scale.exp()).square()
+            + (self.d_empty_log_scale - math.log(EMPTY_SD))
         )
-        local = enum + (lp_z - lq_z) + (lp_d - lq_d) + (lp_e - lq_e) + (lp_de - lq_de)
+        local = enum + z_term + d_term + e_term + de_term
         ra, rb = self.rho_params()
+        log_rho, log_1m_rho = torch.log(g.rho), torch.log1p(-g.rho)
+        conc, log_rate = self.phi_log_conc.exp(), self.phi_log_rate
         glob = (
-            torch.distributions.Beta(*RHO_PRIOR).log_prob(g.rho)
-            - torch.distributions.Beta(ra, rb).log_prob(g.rho)
-            + torch.distributions.Gamma(*PHI_PRIOR).log_prob(g.phi)
-            - torch.distributions.Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).log_prob(
-                g.phi
-            )
-        )
+            (RHO_PRIOR[0] - ra) * log_rho + (RHO_PRIOR[1] - rb) * log_1m_rho
+            + (torch.lgamma(ra) + torch.lgamma(rb) - torch.lgamma(ra + rb))
+            + (log_rate.exp() - PHI_PRIOR[1]) * g.phi
+            - (conc - PHI_PRIOR[0]) * torch.log(g.phi)
+            - conc * log_rate + torch.lgamma(conc) + _PRIOR_CONST
+        )  # fmt: skip
         pieces = {"ll0": ll0, "q1": q1, "log_total": torch.log(x.sum(-1).clamp(min=1.0))}
         return local, glob, pieces
 
@@ -323,15 +355,20 @@ class FullModel(nn.Module):
         local, glob, pc = self.elbo_terms(x, lgamma_x1, prior_logit, n_total, g)
         b = x.shape[0]
         elbo = local.sum() + glob * (b / n_total)
-        reg = torch.distributions.Normal(prior_logit.clamp(-10, 10), 2.0).log_prob(g.p_logit).sum()
+        # Normal log-densities written out: N(p; prior, 2), 10 × N(p; ±10, 1) far from the
+        # crossover, N(median ε̂; 1, 0.01) for cells and for empties
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        reg = (-0.125 * (g.p_logit - prior_logit.clamp(-10, 10)).square()).sum() - b * (
+            math.log(2.0) + half_log_2pi
+        )
         reg = reg + 0.01 * ((1 - pc["q1"]) * pc["ll0"]).sum()
         far = (pc["log_total"] - c.log_crossover).abs() > 1.0
         target = torch.where(pc["log_total"] > c.log_crossover, 10.0, -10.0)
-        sup = torch.distributions.Normal(target, 1.0).log_prob(g.p_logit)
+        sup = -0.5 * (g.p_logit - target).square() - half_log_2pi
         reg = reg + 10.0 * (sup * far).sum()
         cells = pc["q1"] > 0.5
         for mask in (cells, ~cells):
             if int(mask.sum()) > 0:
                 med = g.eps_mean[mask].median()
-                reg = reg + torch.distributions.Normal(1.0, 0.01).log_prob(med)
+                reg = reg - 0.5 * ((med - 1.0) / 0.01).square() - (math.log(0.01) + half_log_2pi)
         return Terms(loss=-(elbo + reg) / b, elbo=elbo.detach())

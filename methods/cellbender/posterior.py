@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from methods.cellbender.model import FullModel
+from methods.cellbender.model import FullModel, Guide
 
 
 @dataclass
@@ -132,25 +132,35 @@ def map_latents(model: FullModel, staged: Any, n: int, batch: int = 500) -> Late
     for lo in range(0, n, batch):
         idx = np.arange(lo, min(lo + batch, n))
         x, _, _ = staged.rows(idx)
-        z_loc, _, p_logit, eps_mean, d_loc = model.encode(x)
-        g = model.guide(x)
-        g.z, g.eps, g.d_cell = z_loc, eps_mean, torch.exp(d_loc)
-        g.d_empty = torch.exp(model.d_empty_loc).expand(x.shape[0])
+        z_loc, z_scale, p_logit, eps_mean, d_loc = model.encode(x)
+        # the guide at its point estimates (no draw: ``rates`` reads z, ε, d_cell, d_empty, ρ)
         ra, rb = model.rho_params()
-        g.rho = ra / (ra + rb)
+        d_empty = torch.exp(model.d_empty_loc).expand(x.shape[0])
+        d_cell = torch.exp(d_loc)
+        g = Guide(
+            z_loc, z_scale, z_loc, p_logit, d_loc, d_cell, d_empty, eps_mean, eps_mean,
+            ra / (ra + rb), model.phi_log_conc.exp() / model.phi_log_rate.exp(),
+        )  # fmt: skip
         _, lam0, lam1 = model.rates(g)
         q1 = torch.sigmoid(p_logit)
         bkg = (q1[:, None] * lam1 + (1 - q1[:, None]) * lam0).sum(-1)
-        for key, value in zip("zpdeb", (z_loc, q1, torch.exp(d_loc), eps_mean, bkg), strict=True):
+        for key, value in zip("zpdeb", (z_loc, q1, d_cell, eps_mean, bkg), strict=True):
             out[key].append(value.double().cpu().numpy())
     return Latents(*(np.concatenate(out[k]) for k in "zpdeb"))
 
 
-def _nb_log(x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """log NB(x; mean μ, inverse dispersion α), elementwise (full, with lgamma(x + 1))."""
+GROUPS = (2, 3, 4, 6, 8, 11, 15, 20)  # window widths computed together (the last: W)
+
+
+def _nb_log(
+    x: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, lgamma_x1: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log NB(x; mean μ, inverse dispersion α), elementwise (full, with lgamma(x + 1);
+    ``lgamma_x1``: that term precomputed)."""
     log_am = torch.log(alpha + mu)
+    lg_x1 = torch.lgamma(x + 1) if lgamma_x1 is None else lgamma_x1
     return (
-        torch.lgamma(x + alpha) - torch.lgamma(alpha) - torch.lgamma(x + 1)
+        torch.lgamma(x + alpha) - torch.lgamma(alpha) - lg_x1
         + alpha * (torch.log(alpha) - log_am) + x * (torch.log(mu.clamp(min=1e-30)) - log_am)
     )  # fmt: skip
 
@@ -180,26 +190,57 @@ def noise_posterior(
         x, _, _ = staged.rows(idx)
         rows, cols = torch.nonzero(x > 0, as_tuple=True)
         xv = x[rows, cols]
-        probs, lam_mean = None, torch.zeros_like(xv)
+        # entries ordered by their valid window width min(x + 1, W) (k ≤ x: k0 = 0 when
+        # x < W − 1), so that groups of similar widths are computed on their own columns only
+        width = xv.clamp(max=window - 1).to(torch.int64) + 1
+        order = torch.argsort(width, stable=True)
+        flat = (rows * x.shape[1] + cols)[order]
+        xs, ws = xv[order], width[order]
+        lam_mean = torch.zeros_like(xs)
         draws = []
+        enc = model.encode(x)  # deterministic in eval mode: the same for every draw
         for _ in range(n_samples):
-            g = model.guide(x, gen)
+            g = model.sample(enc, x, gen)
             mu, lam1 = model.noise_rates(g, rate)
-            draws.append((mu[rows, cols], lam1[rows, cols], 1.0 / g.phi))
-            lam_mean += lam1[rows, cols] / n_samples
-        k0 = (torch.round(torch.minimum(lam_mean, xv)) - window // 2).clamp(min=0)
-        k0 = torch.minimum(k0, (xv - window + 1).clamp(min=0))
-        k = k0[:, None] + ks[None, :]
-        valid = k <= xv[:, None]
-        for mu, lam, alpha in draws:
-            log_j = (
-                k * torch.log(lam[:, None]) - lam[:, None] - torch.lgamma(k + 1)
-                + _nb_log((xv[:, None] - k).clamp(min=0), mu[:, None], alpha)
-            )  # fmt: skip
-            log_j = torch.where(valid, log_j, torch.full_like(log_j, -torch.inf))
-            post = torch.softmax(log_j, dim=-1)
-            probs = post if probs is None else probs + post
-        del draws, k, valid
+            lam_e = lam1.reshape(-1)[flat]
+            draws.append((mu.reshape(-1)[flat], lam_e, 1.0 / g.phi))
+            lam_mean += lam_e / n_samples
+        k0s = (torch.round(torch.minimum(lam_mean, xs)) - window // 2).clamp(min=0)
+        k0s = torch.minimum(k0s, (xs - window + 1).clamp(min=0))
+        # window positions along dim 0, entries along dim 1: the softmax over few positions
+        # then runs across entries (vectorised) rather than row by row
+        probs_s = torch.zeros((window, xs.numel()), dtype=xs.dtype, device=xs.device)
+        groups = sorted({min(g, window) for g in GROUPS} | {window})
+        edges = torch.searchsorted(ws, torch.as_tensor(groups, device=ws.device), right=True)
+        a = 0
+        for w_g, b in zip(groups, edges.tolist(), strict=True):
+            if b <= a:
+                continue
+            k = k0s[None, a:b] + ks[:w_g, None]
+            xg = xs[None, a:b]
+            signal = (xg - k).clamp(min=0)
+            # log Poisson(k; λ) + log NB(x − k; μ, α) along the window, up to terms constant
+            # along it (−λ, −lgamma(α), α·log(α / (α + μ))), which the softmax cancels. The
+            # draw-invariant −lgamma(k + 1) − lgamma(x − k + 1) (−inf past k = x) is computed
+            # once; lgamma(s + α) of the signal s = x − k, one less per position, as
+            # −Σ log(s + α) (lgamma(s + 1 + α) = lgamma(s + α) + log(s + α)) up to a per-entry
+            # constant: valid positions come first.
+            base = -(torch.lgamma(k + 1) + torch.lgamma(signal + 1))
+            base = torch.where(k <= xg, base, torch.full_like(base, -torch.inf))
+            acc = probs_s[:w_g, a:b]
+            for mu, lam, alpha in draws:
+                mu, lam = mu[a:b], lam[a:b]
+                slope = torch.log(mu.clamp(min=1e-30)) - torch.log(alpha + mu)
+                log_j = torch.cumsum(torch.log(signal + alpha), dim=0).neg_()
+                log_j += k * torch.log(lam)[None, :]
+                log_j += signal * slope[None, :]
+                log_j += base
+                acc += torch.softmax(log_j, dim=0)
+            a = b
+        del draws, signal, base, acc
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        probs, k0 = probs_s.t()[inverse], k0s[inverse]
         logp = torch.log(probs / n_samples)
         kept = logp >= -10  # the rest is −inf (below −10, or k > x)
         first = kept.to(torch.uint8).argmax(1)
@@ -293,15 +334,36 @@ class _Cheapest:
             return
         gene, cost, entry = (np.concatenate(c) for c in zip(self.kept, *self.pending, strict=True))
         self.pending, self.n_pending = [], 0
-        order = np.lexsort((entry, cost, gene))
+        # grouped by gene (a stable sort: within a gene the steps stay in entry order, the
+        # kept ones, all of earlier entries, first); per gene the quota cheapest, ties to the
+        # earlier entry — the steps an (gene, cost, entry) sort would rank first
+        key = gene.astype(np.uint16) if self.quota.size <= 1 << 16 else gene
+        order = np.argsort(key, kind="stable")
         gene, cost, entry = gene[order], cost[order], entry[order]
-        first = np.searchsorted(gene, gene)  # each step's rank within its gene
-        keep = np.arange(gene.size) - first < self.quota[gene]
+        n = self.quota.size
+        starts = np.searchsorted(gene, np.arange(n + 1))
+        sizes = np.diff(starts)
+        keep = np.ones(gene.size, dtype=bool)
+        for g in np.flatnonzero(sizes > self.quota):
+            a, b, q = starts[g], starts[g + 1], int(self.quota[g])
+            c = cost[a:b]
+            if q == 0:
+                keep[a:b] = False
+                continue
+            bar = np.partition(c, q - 1)[q - 1]
+            sel = c < bar
+            ties = np.flatnonzero(c == bar)[: q - int(sel.sum())]
+            sel[ties] = True
+            keep[a:b] = sel
         self.kept = (gene[keep], cost[keep], entry[keep])
         gene, cost = self.kept[0], self.kept[1]
-        counts = np.bincount(gene, minlength=self.quota.size)
+        counts = np.bincount(gene, minlength=n)
         full = np.flatnonzero((counts >= self.quota) & (self.quota > 0))
-        self.bar[full] = cost[np.searchsorted(gene, full, side="right") - 1]
+        if full.size:  # the dearest kept step of each full gene
+            nonempty = counts > 0
+            dearest = np.full(n, -np.inf)
+            dearest[nonempty] = np.maximum.reduceat(cost, np.searchsorted(gene, np.flatnonzero(nonempty)))
+            self.bar[full] = dearest[full]
 
     def take(self, choice: np.ndarray, sign: int) -> None:
         """Move each entry's ``choice`` by ``sign`` once per step of it kept."""
