@@ -71,8 +71,11 @@ def test_batch_model_bounds_the_measured_peak():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     measured, model = map(int, proc.stdout.split())
-    # an upper bound, and not a loose one (measured 0.83-0.87 of it for 10-40 draws)
-    assert 0.6 * model <= measured <= model, (measured, model)
+    # an upper bound, and not a loose one. Measured 0.83-0.87 of it for 10-40 draws when every
+    # window was W wide; since the cb-dec07 night the posterior's windows are as wide as each
+    # count allows (min(x + 1, W)), and on this data's small counts the live bytes are 0.60 of
+    # the worst-case model (74.4 of 124.8 MB)
+    assert 0.5 * model <= measured <= model, (measured, model)
 
 
 @pytest.mark.slow
