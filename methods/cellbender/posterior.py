@@ -362,7 +362,9 @@ class _Cheapest:
         if full.size:  # the dearest kept step of each full gene
             nonempty = counts > 0
             dearest = np.full(n, -np.inf)
-            dearest[nonempty] = np.maximum.reduceat(cost, np.searchsorted(gene, np.flatnonzero(nonempty)))
+            dearest[nonempty] = np.maximum.reduceat(
+                cost, np.searchsorted(gene, np.flatnonzero(nonempty))
+            )
             self.bar[full] = dearest[full]
 
     def take(self, choice: np.ndarray, sign: int) -> None:
