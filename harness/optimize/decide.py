@@ -114,13 +114,20 @@ def decide(pair_stats: list[float], rule: Rule, out_of_budget: bool = False) -> 
         return Decision("keep", gain, gain_lo, gain_hi, n, reason, "confident")
     # futility: for a speed-up, credibly below the smallest gain worth measuring; for the
     # neutral route, credibly slower than allowed
+    # the reason names the one-sided (1 − β) bound that decided: the printed interval is the
+    # keep rule's (1 − α), much wider, and can reach past `detect` on a futile discard
+    conf = f"{1 - rule.beta:.0%}"
     if rule.neutral:
         futile = d - q_stop * se > theta
-        below = f"slower than {rule.max_slowdown:.1%}"
+        slow_lo = math.exp(d - q_stop * se) - 1
+        below = f"slower than {rule.max_slowdown:.1%} (the slowdown's {conf} lower bound {slow_lo:+.2%})"
     else:
         worth = max(rule.detect, rule.min_gain)
-        futile = 1 - math.exp(d - q_stop * se) < worth
-        below = f"gain below {worth:.0%}, not {target}"
+        gain_up = 1 - math.exp(d - q_stop * se)
+        futile = gain_up < worth
+        below = (
+            f"gain below {worth:.0%} (the gain's {conf} upper bound {gain_up:+.2%}), not {target}"
+        )
     if n >= rule.min_pairs and futile:
         return Decision("discard", gain, gain_lo, gain_hi, n, f"{where}: {below}", "futile")
     if final:

@@ -343,6 +343,9 @@ def test_sequential_rule():
     assert decide([-0.04, -0.03], rule).action == "continue"  # unclear: another pair
     small = decide([-0.02, -0.01], rule)  # credibly below loop.detect (4%): not worth more pairs
     assert small.action == "discard" and small.stop == "futile"
+    # the reason names the bound that decided, which the wider printed interval is not
+    bound = float(small.reason.split("90% upper bound ")[1].split("%")[0]) / 100
+    assert bound < rule.detect < small.gain_hi, small.reason
     assert decide([-0.04, -0.03, -0.035], rule, out_of_budget=True).stop == "budget"
     noisy = decide([-0.3, 0.2, -0.25], rule)  # the pairs disagree: their spread, not the floor
     assert noisy.action == "continue" and noisy.gain_lo < 0
