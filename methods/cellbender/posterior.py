@@ -138,8 +138,9 @@ def map_latents(model: FullModel, staged: Any, n: int, batch: int = 500) -> Late
         d_empty = torch.exp(model.d_empty_loc).expand(x.shape[0])
         d_cell = torch.exp(d_loc)
         g = Guide(
-            z_loc, z_scale, z_loc, p_logit, d_loc, d_cell, d_empty, eps_mean, eps_mean,
-            ra / (ra + rb), model.phi_log_conc.exp() / model.phi_log_rate.exp(),
+            z_loc=z_loc, z_scale=z_scale, z=z_loc, p_logit=p_logit, d_cell_loc=d_loc,
+            d_cell=d_cell, d_empty=d_empty, eps_mean=eps_mean, eps=eps_mean,
+            rho=ra / (ra + rb), phi=model.phi_log_conc.exp() / model.phi_log_rate.exp(),
         )  # fmt: skip
         _, lam0, lam1 = model.rates(g)
         q1 = torch.sigmoid(p_logit)
