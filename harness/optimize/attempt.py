@@ -167,8 +167,9 @@ class Attempt:
         self.root = Path(repo.working_tree_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f".try-{self.number:03d}-", dir=self.dir))
-        self.verdict = "exact"
-        self.template: Any = None  # the candidate's worker template (loop.launch.fork)
+        self.verdict = "exact"  # the worst verdict, against the loop's baseline and the kept commit
+        self.kept_verdict = "exact"  # the worst against the kept commit (fresh inputs): --neutral
+        self.templates: dict[str, Any] = {}  # per side, its worker template (loop.launch.fork)
         self.details: dict[str, Any] = {"draws": []}
         from harness.optimize import cgroup
 
@@ -255,21 +256,23 @@ class Attempt:
         log = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}-{pair + 1}.log"
         overrides = self._overrides(commit)
         suspend = role == "candidate"  # stopped between requests: see Worker
-        if role == "candidate" and self.loop.launch.fork and self.loop.warm_round:
-            if self.template is None:  # once per try: imports paid once (template.py)
+        if self.loop.launch.fork and self.loop.warm_round:  # both sides alike (template.py)
+            template = self.templates.get(role)
+            if template is None:  # once per side and try: imports paid once
                 from harness.optimize.template import Template
 
-                tlog = self.dir / f"{self.number:03d}-{self.head[:8]}-template.log"
-                self.template = Template(
+                tlog = self.dir / f"{self.number:03d}-{self.head[:8]}-{role}-template.log"
+                template = self.templates[role] = Template(
                     checkout, overrides, tlog, self.bench.top.bench.timeout_s, self.launch,
                     cgroups=self.cgroups,
                 )  # fmt: skip
-            worker = self.template.fork(log, suspend)
-            try:  # the candidate's import-time code ran in the template: nothing left there
-                self._left_behind(self.template.process)
-            except Rejected:
-                worker.close()
-                raise
+            worker = template.fork(log, suspend)
+            if role == "candidate":
+                try:  # the candidate's import-time code ran in the template: nothing left there
+                    self._left_behind(template.process)
+                except Rejected:
+                    worker.close()
+                    raise
             return worker
         group = None
         if self.cgroups:  # frozen whole while the other side is timed; emptied at close
@@ -303,7 +306,7 @@ class Attempt:
     def _kept_workers(self, tree: Path) -> tuple[Any, Any, Any]:
         """(start, release, client) for the kept side: warm workers from the loop's keeper
         (``loop.warm_kept``), or fresh ones closed after each pair."""
-        if not self.loop.warm_kept:
+        if not self.loop.warm_kept or self.loop.launch.fork:
             return (lambda p: _as_kept(self._worker, tree, "kept", p)), (lambda w: w.close()), None
         from harness.optimize.keeper import KeeperClient, RemoteWorker
 
@@ -336,13 +339,21 @@ class Attempt:
             raise Rejected("rejected", f"outputs file {path.name} refused ({exc})") from None
         return loaded
 
-    def _judge(self, got: baselines.Baseline, reference: baselines.Baseline, where: str) -> None:
+    def _judge(
+        self,
+        got: baselines.Baseline,
+        reference: baselines.Baseline,
+        where: str,
+        vs_kept: bool = False,
+    ) -> None:
         result = RunResult(outputs=got.outputs, work=got.work)
         verdict, metrics = baselines.verdict(
             got.output_hash, result, reference, self.method.compare
         )
         if SEVERITY.get(verdict, 3) > SEVERITY[self.verdict]:
             self.verdict = verdict
+        if vs_kept and SEVERITY.get(verdict, 3) > SEVERITY[self.kept_verdict]:
+            self.kept_verdict = verdict
         if verdict not in self.frozen["accept"]:
             shown = ", ".join(f"{k} {v:.3g}" for k, v in list(metrics.items())[:4])
             raise Rejected(
@@ -409,7 +420,10 @@ class Attempt:
             inp.remove()
             ref = _as_kept(self._saved, kept, f"kept-{p}-{r}")
             self._judge(
-                self._saved(cand, f"cand-{p}-{r}"), ref, f"fresh input {draw} (pair {p + 1})"
+                self._saved(cand, f"cand-{p}-{r}"),
+                ref,
+                f"fresh input {draw} (pair {p + 1})",
+                vs_kept=True,
             )
             self._left_behind(cand)
             every.kept.append(k)
@@ -462,8 +476,8 @@ class Attempt:
             finally:
                 if client is not None:
                     client.close()
-                if self.template is not None:
-                    self.template.close()
+                for template in self.templates.values():
+                    template.close()
             self.decision = decision
             self.reason = decision.reason
             if decision.action == "keep":
@@ -484,8 +498,15 @@ class Attempt:
             status = {"timeout": "timeout", "tampered": "rejected"}.get(exc.status, "crash")
             self.reason = f"{exc.status}: {exc}; log in {self.dir.name}/"
         self.details.update(describe_pairs(self.session, self.clock))
-        if status in ("keep", "keep-neutral") and self.neutral and self.verdict != "exact":
-            status, self.reason = "discard", f"--neutral needs verdict exact, got {self.verdict}"
+        # an equal-result simplification: identical to the kept commit's outputs (after a close
+        # keep the verdict against the loop's start is close for every later candidate)
+        if status in ("keep", "keep-neutral") and self.neutral and self.kept_verdict != "exact":
+            status, self.reason = (
+                "discard",
+                (
+                    f"--neutral needs outputs identical to the kept commit's, got {self.kept_verdict}"
+                ),
+            )
         self.status = status
         self._record()
         if status not in ("keep", "keep-neutral"):

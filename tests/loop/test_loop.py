@@ -351,3 +351,20 @@ def test_sequential_rule():
     assert noisy.action == "continue" and noisy.gain_lo < 0
     neutral = Rule(neutral=True, max_slowdown=0.01, pair_sd=0.005)
     assert decide([0.0, -0.001, 0.0], neutral).action == "keep"
+
+
+@pytest.mark.slow
+def test_neutral_after_a_close_keep_is_judged_against_the_kept_commit(repo):
+    """After a close keep every later candidate is close against the loop's start; --neutral
+    asks for outputs identical to the kept commit's, not to the start's."""
+    repo.set_knob("OFFSET", "1e-9", "close")
+    repo.set_knob("SLEEP_S", "0.015", "faster, and close")
+    row = _try(repo, "faster, close")
+    assert (row["status"], row["verdict"]) == ("keep", "close"), row["description"]
+    text = (repo.root / FAST).read_text().replace("return x * 2.0", "return 2.0 * x")
+    repo.write(FAST, text, "equal result, rewritten again")
+    row = _try(repo, "rewrite after a close keep", "--neutral")
+    assert row["status"] == "keep-neutral", row["description"]
+    repo.set_knob("OFFSET", "2e-9", "close again")
+    row = _judged(repo, "close is not neutral", "--neutral")
+    assert "identical to the kept commit" in row["description"], row["description"]
