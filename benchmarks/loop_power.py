@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,14 +76,23 @@ def collect(args: argparse.Namespace, overrides: list[str]) -> None:
     launch = launch_for(loop.launch)
     ref_tree = _planted_tree(args.busy) if args.busy else Path.cwd()
     logs = Path(tempfile.mkdtemp(prefix="loop_power_"))
+    templates = _templates(loop, ref_tree, common, logs, launch)
     pairs = []
     for p in range(args.pairs):
         t0 = time.monotonic()
         sides = [("ref", ref_tree), ("cand", Path.cwd())]
         order = sides if p % 2 == 0 else sides[::-1]
-        started = {
-            name: Worker(tree, common, logs / f"{name}.log", 900.0, launch) for name, tree in order
-        }
+        if templates:  # forked alike, lazy: one untimed warm run each on an input of its own
+            started = {name: templates[name].fork(logs / f"{name}-{p}.log") for name, _ in order}
+            inp = write_input(valid.dataset, fresh_fields(valid.dataset, fresh_draw()), logs)
+            for name, _ in order:
+                prepared_run(started[name], inp)
+            inp.remove()
+        else:
+            started = {
+                name: Worker(tree, common, logs / f"{name}.log", 900.0, launch)
+                for name, tree in order
+            }
         startup = time.monotonic() - t0
         rounds = []
         try:
@@ -100,7 +110,22 @@ def collect(args: argparse.Namespace, overrides: list[str]) -> None:
         ratios = [math.log(x["cand"][0] / x["ref"][0]) for x in rounds]
         print(f"pair {p + 1}/{args.pairs}: mean log ratio {np.mean(ratios):+.4f} "
               f"({pairs[-1]['seconds']:.1f} s)", flush=True)  # fmt: skip
+    for template in templates.values():
+        template.close()
     args.out.write_text(json.dumps({"overrides": overrides, "busy": args.busy, "pairs": pairs}))
+
+
+def _templates(loop: Any, ref_tree: Path, common: list[str], logs: Path, launch: Any) -> dict:
+    """With ``loop.launch.fork``: a template per side, as ``loop try`` makes them."""
+    if not loop.launch.fork:
+        return {}
+    from harness.optimize.template import Template
+
+    trees = {"ref": ref_tree, "cand": Path.cwd()}
+    return {
+        name: Template(tree, common, logs / f"{name}-template.log", 900.0, launch)
+        for name, tree in trees.items()
+    }
 
 
 def pair_stats(data: dict, clock: str) -> tuple[np.ndarray, np.ndarray]:

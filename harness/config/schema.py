@@ -221,10 +221,10 @@ class LaunchConfig:
     no_aslr: bool = True  # setarch -R: the same address-space layout in every process
     malloc: bool = True  # one malloc arena, fixed mmap/trim thresholds
     threads: int = field(default=1, metadata=rng(ge=0))  # hardware.threads of workers (0: keep)
-    # candidate workers forked from one pre-imported template per try (harness/optimize/
-    # template.py) instead of started afresh: start-up paid once per commit. Off: forked
-    # workers ran 12-21% slower than fresh ones here (benchmarks/process_bias.py, the
-    # measurement in template.py's docstring) and only the candidate side is forked
+    # workers forked from one pre-imported template per side and try (harness/optimize/
+    # template.py) instead of started afresh: start-up paid once per commit and side; both
+    # sides forked alike (the keeper's warm workers unused), as forked workers run 12-21%
+    # slower than fresh ones here (benchmarks/process_bias.py, template.py's docstring)
     fork: bool = False
     # workers in a mount namespace where the Python installation, the repository (checkouts,
     # results, .git) and the loop's files are read-only, but for their scratch and the cache

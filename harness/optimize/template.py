@@ -11,14 +11,16 @@ code of a candidate cannot work in it while the other side is timed.
 
 The forked workers share the template's address-space layout, as workers started with ASLR off
 do (``loop.launch.no_aslr``); the pages a child writes become its own. ``loop.launch.fork``
-turns this on; it is off by default. Measured (``benchmarks/process_bias.py --variants
-loop,loop+fork``, RCTD 1000 px, 8 processes x 8 fresh inputs, pinned to one core of the 2-core
-VM, the other core busy with another job; run twice, in both orders): forked workers carry no
-more per-process bias than fresh ones (sd 2.7% / 2.5% against 4.6% / 2.7%), but their runs are
-**slower**: median 0.688 s against 0.569 s, and 0.639 s against 0.571 s with the order
-swapped (+12 to +21%, the cause not found yet). Only candidates are forked (the kept side is
-started fresh or kept warm), so turning this on would bias every decision against the
-candidate: it stays off until both sides are forked alike, or the slowdown is understood.
+turns this on, for **both sides alike**: a template of the candidate's checkout and one of the
+kept commit's, per try, each forking that side's worker of every pair (the keeper's warm
+workers are then not used). It is off by default. Measured (``benchmarks/process_bias.py
+--variants loop,loop+fork``, RCTD 1000 px, 8 processes x 8 fresh inputs, pinned to one core
+of the 2-core VM, the other core busy with another job; run twice, in both orders): forked
+workers carry no more per-process bias than fresh ones (sd 2.7% / 2.5% against 4.6% / 2.7%),
+but their runs are **slower**: median 0.688 s against 0.569 s, and 0.639 s against 0.571 s
+with the order swapped (+12 to +21%, the cause not found: not transparent huge pages, which
+are madvise-only here). Forking only the candidate would bias every decision against it;
+forked alike, both sides pay it.
 """
 
 from __future__ import annotations

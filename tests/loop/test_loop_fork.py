@@ -1,6 +1,6 @@
-"""The loop with candidate workers forked from a template (``loop.launch.fork``): one template
-per try, its workers judged exactly as fresh ones — a real speed-up kept, a wrong output
-discarded — and nothing left running."""
+"""The loop with workers forked from templates (``loop.launch.fork``): one template per side
+and try, both sides forked alike, the workers judged exactly as fresh ones — a real speed-up
+kept, a wrong output discarded — and nothing left running."""
 
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ def test_forked_candidates_are_judged_like_fresh_ones(repo):
     assert kept.returncode == 0, kept.stderr
     row = read_rows(repo.root / "results" / "results.tsv")[-1]
     assert (row["status"], row["verdict"]) == ("keep", "exact"), row["description"]
-    templates = list(attempts.glob("*-template.log"))
-    candidates = list(attempts.glob("*-candidate-*.log"))
-    assert len(templates) == 1 and len(candidates) >= 2  # one template, a worker per pair
-    assert all("prepare done" not in c.read_text() for c in candidates)  # lazy: no start input
+    templates = sorted(p.name.split("-", 2)[2] for p in attempts.glob("*-template.log"))
+    candidates = [p for p in attempts.glob("*-candidate-*.log") if "template" not in p.name]
+    kept_side = [p for p in attempts.glob("*-kept-*.log") if "template" not in p.name]
+    # one template per side (both sides forked alike), a forked worker per side and pair
+    assert templates == ["candidate-template.log", "kept-template.log"], templates
+    assert len(candidates) >= 2 and len(kept_side) == len(candidates)
+    assert not list(attempts.glob("kept-*-slot*.log"))  # the keeper's warm workers not used
+    workers = candidates + kept_side
+    assert all("prepare done" not in c.read_text() for c in workers)  # lazy: no start input
     head = repo.set_knob("OFFSET", "0.25", "wrong")
     wrong = repo.loop("try", "-d", "wrong output")
     assert wrong.returncode == 0, wrong.stderr
