@@ -8,21 +8,27 @@ Per droplet n (x: G counts), latents and their guide:
 - d_cell ~ LogNormal(log1p(cell_counts), d_std);  q = LogNormal(gated d̂, d_cell_scale), with
   log d̂ ≈ log(Σx / ε̂ − d_empty) (softplus-floored at the count crossover): the cell's own size
 - d_empty ~ LogNormal(log1p(empty_counts), 0.01);  q = LogNormal(d_empty_loc, d_empty_scale)
-- ε ~ Gamma(50, 50);  q = Gamma(κ, κ / ε̂), ε̂ gated between the encoder's ε and 1
+- ε ~ Gamma(50, 50);  q = Gamma(50·ε̂, 50), ε̂ gated between the encoder's ε and 1
 - globals ρ ~ Beta(1.5, 50), φ ~ Gamma(1, 5) (mean 0.2, sd 0.2);  q: Beta, Gamma params
 
 μ = (1 − ρ)·y·ε·d_cell·χ,  λ = ε·[(1 − ρ)·χ_ambient·d_empty + ρ·χ_bar·(y·d_cell + d_empty)],
 x ~ NB(μ, 1/φ) ⊛ Poisson(λ), approximated by the moment-matched NB with mean μ + λ and
-r = (1/φ)(μ + λ)²/μ, or Poisson(λ) where μ < 1e-5·λ. The ELBO of a minibatch is
+r = (1/φ)((μ + λ)/μ)² (the variance μ + λ + φμ² of the convolution), or Poisson(λ) where
+μ < 1e-5·λ. The ELBO of a minibatch is
 
     Σ_n Σ_y q_n(y)[log p(y) − log q(y) + log p(x_n | y, ·)]
-      + Σ_n [log p(z, d_cell, ε) − log q(z, d_cell, ε)]_n   (one reparameterised sample)
+      + Σ_n [log p(z) − q_n(y = 1)·log q(z) + log p(d_cell, ε) − log q(d_cell, ε)]_n
       + (B / N)[log p(ρ, φ) − log q(ρ, φ)] + regularisers
+
+(one reparameterised sample; q(z) is drawn under y, as upstream's guide masks z by the
+enumerated y, so an empty droplet's z carries no entropy term)
 
 with the regularisers of the method notes: p_logit ~ N(prior, 2); 0.01 × the Poisson fit of
 every droplet's counts to λ(y = 0), weighted by q(y = 0); soft supervision of the logit
 towards ±10 (sd 1, weight 10) for droplets clearly on either side of the count crossover; the
-median ε of cells and of empties tied to 1 (sd 0.01). ``tests/methods/cellbender/test_cellbender_elbo.py``
+median of the sampled ε of the droplets above the count crossover and of those below it tied
+to 1 (sd 0.01). The loss is the minibatch's −(ELBO + regularisers) summed over its droplets, as
+Pyro's SVI returns it: ClippedAdam clips each element of its gradient at ±10. ``tests/methods/cellbender/test_cellbender_elbo.py``
 checks this ELBO against Pyro's ``TraceEnum_ELBO`` on the same model.
 """
 
@@ -43,18 +49,16 @@ _Beta = partial(torch.distributions.Beta, validate_args=False)
 Z_DIM = 64
 HIDDEN = 512
 EPS_PRIOR = 50.0  # ε ~ Gamma(50, 50)
-EPS_GUIDE = 100.0  # concentration of q(ε)
 RHO_PRIOR = (1.5, 50.0)
 PHI_PRIOR = (1.0, 5.0)  # Gamma(concentration, rate): mean 0.2, sd 0.2
 NB_SWITCH = 1e-5  # μ < 1e-5·λ: pure Poisson
 EMPTY_SD = 0.01  # d_empty's prior scale (ε carries the droplets' spread)
-N_EXTRA = 4  # extra encoder features: log Σx, log nnz, closeness to d_empty, ‖z‖
-# the constants of log Gamma(ε; 50, 50) − log Gamma(ε; 100, 100 / ε̂), and of the global
-# priors log Beta(ρ; 1.5, 50) + log Gamma(φ; 1, 5)
-_GAMMA_CONST = (
-    EPS_PRIOR * math.log(EPS_PRIOR) - math.lgamma(EPS_PRIOR)
-    - EPS_GUIDE * math.log(EPS_GUIDE) + math.lgamma(EPS_GUIDE)
-)  # fmt: skip
+N_EXTRA = 4  # extra features: log Σx, log nnz, closeness to d_empty (ε: ambient overlap), ‖z‖
+BN_MOMENTUM, BN_EPS = 0.01, 1e-3  # the decoder's BatchNorm, as upstream's
+# the constant of log Gamma(ε; 50, 50) − log Gamma(ε; 50ε̂, 50) less its lgamma(50ε̂), and of
+# the global priors log Beta(ρ; 1.5, 50) + log Gamma(φ; 1, 5)
+_GAMMA_CONST = -math.lgamma(EPS_PRIOR)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _PRIOR_CONST = (
     math.lgamma(RHO_PRIOR[0] + RHO_PRIOR[1]) - math.lgamma(RHO_PRIOR[0]) - math.lgamma(RHO_PRIOR[1])
     + PHI_PRIOR[0] * math.log(PHI_PRIOR[1]) - math.lgamma(PHI_PRIOR[0])
@@ -72,6 +76,11 @@ class Constants:
     log_surely_empty: float
     chi_bar: torch.Tensor  # (G,)
     log_empty_prior: float = 0.0  # log1p(empty_counts): d_empty's prior location
+
+
+def eps_guide(eps_mean: torch.Tensor) -> torch.distributions.Gamma:
+    """q(ε) = Gamma(50·ε̂, 50): mean ε̂ (upstream's guide)."""
+    return _Gamma(EPS_PRIOR * eps_mean, torch.full_like(eps_mean, EPS_PRIOR))
 
 
 class EncodeZ(nn.Module):
@@ -106,6 +115,22 @@ class Branch(nn.Module):
         return self.out(torch.cat([h, extra], dim=-1)).squeeze(-1)
 
 
+class EpsBranch(nn.Module):
+    """(G + 4) → 512 BN Softplus → 512 BN Softplus → 1, its 4 extra features (log1p Σx,
+    log1p nnz, the counts' projection on the ambient profile, ‖z‖) at the input only."""
+
+    def __init__(self, n_in: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_in + N_EXTRA, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.Softplus(),
+            nn.Linear(HIDDEN, HIDDEN), nn.BatchNorm1d(HIDDEN), nn.Softplus(),
+            nn.Linear(HIDDEN, 1),
+        )  # fmt: skip
+
+    def forward(self, h: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([extra, h], dim=-1)).squeeze(-1)
+
+
 class EncodeNonZ(nn.Module):
     """log1p(1e4·x/Σx) → BatchNorm → Dropout(0.5) → the p (cell logit) and ε branches."""
 
@@ -114,22 +139,23 @@ class EncodeNonZ(nn.Module):
         self.norm = nn.BatchNorm1d(n_genes)
         self.drop = nn.Dropout(0.5)
         self.p = Branch(n_genes)
-        self.eps = Branch(n_genes)
+        self.eps = EpsBranch(n_genes)
 
     def forward(
-        self, x_norm: torch.Tensor, extra: torch.Tensor
+        self, x_norm: torch.Tensor, extra: torch.Tensor, extra_eps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.drop(self.norm(torch.log1p(1e4 * x_norm)))
-        return self.p(h, extra), self.eps(h, extra)
+        return self.p(h, extra), self.eps(h, extra_eps)
 
 
 class Decoder(nn.Module):
-    """z → Linear(64→512) BN ReLU → Linear(512→G) → log-softmax (log χ)."""
+    """z → Linear(64→512) BN ReLU → Linear(512→G) → log-softmax (log χ); the BatchNorm's
+    running statistics move by 0.01 a step (eps 1e-3), as upstream's decoder."""
 
     def __init__(self, n_genes: int) -> None:
         super().__init__()
         self.hidden = nn.Linear(Z_DIM, HIDDEN)
-        self.norm = nn.BatchNorm1d(HIDDEN)
+        self.norm = nn.BatchNorm1d(HIDDEN, momentum=BN_MOMENTUM, eps=BN_EPS)
         self.out = nn.Linear(HIDDEN, n_genes)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -158,7 +184,7 @@ class Guide:
 
 @dataclass
 class Terms:
-    loss: torch.Tensor  # −ELBO / B (with regularisers)
+    loss: torch.Tensor  # −(ELBO + regularisers) of the minibatch, summed over its droplets
     elbo: torch.Tensor  # the ELBO of the batch (regularisers excluded), summed over droplets
 
 
@@ -170,7 +196,7 @@ def nb_approx_logprob(
     mean = mu + lam
     use_nb = mu > NB_SWITCH * lam
     mu_safe = torch.where(use_nb, mu, torch.ones_like(mu))
-    r = torch.where(use_nb, alpha * mean.square() / mu_safe, torch.ones_like(mu))
+    r = torch.where(use_nb, alpha * (mean / mu_safe).square(), torch.ones_like(mu))
     log_r_m = torch.log(r + mean)
     nb = (
         torch.lgamma(x + r)
@@ -224,7 +250,12 @@ class FullModel(nn.Module):
         nnz = (x > 0).sum(-1).clamp(min=1).to(x.dtype)
         closeness = -(log_total - self.d_empty_loc.detach()).abs()
         extra = torch.stack([log_total, torch.log(nnz), closeness, z_loc.norm(dim=-1)], dim=-1)
-        p_raw, eps_raw = self.encode_nonz(x_norm, extra)
+        amb = torch.softmax(self.chi_ambient_logits.detach(), -1)
+        overlap = x @ (amb / amb.norm())  # the counts' projection on the ambient direction
+        extra_eps = torch.stack(
+            [torch.log1p(total), torch.log1p(nnz), overlap, z_loc.norm(dim=-1)], dim=-1
+        )
+        p_raw, eps_raw = self.encode_nonz(x_norm, extra, extra_eps)
         delta = log_total - c.log_crossover
         p_logit = p_raw + torch.sign(delta) * delta.abs().sqrt()
         p_logit = torch.where(log_total >= c.log_cell_counts, p_logit.clamp(min=10.0), p_logit)
@@ -255,7 +286,7 @@ class FullModel(nn.Module):
         z = z_loc + z_scale * n_z
         log_d = d_cell_loc + self.d_cell_log_scale.exp() * normal((b,))
         log_de = self.d_empty_loc + self.d_empty_log_scale.exp() * normal((b,))
-        eps = _Gamma(torch.full_like(eps_mean, EPS_GUIDE), EPS_GUIDE / eps_mean).rsample()
+        eps = eps_guide(eps_mean).rsample()
         ra, rb = self.rho_params()
         rho = _Beta(ra, rb).rsample()
         phi = _Gamma(self.phi_log_conc.exp(), self.phi_log_rate.exp()).rsample()
@@ -309,18 +340,22 @@ class FullModel(nn.Module):
         n_z = g.z_noise if g.z_noise is not None else (g.z - g.z_loc) / g.z_scale
         log_d = g.log_d_cell if g.log_d_cell is not None else torch.log(g.d_cell)
         log_de = g.log_d_empty if g.log_d_empty is not None else torch.log(g.d_empty)
-        z_term = (0.5 * (n_z.square() - g.z.square()) + torch.log(g.z_scale)).sum(-1)
+        # upstream's guide draws z under poutine.mask(y): with y enumerated, q(z)'s term counts
+        # with weight q(y = 1), the prior's in full (an empty droplet's z shrinks to 0), so the
+        # −½·log 2π of p(z) and q(z) no longer cancel
+        neg_lq_z = (0.5 * n_z.square() + torch.log(g.z_scale)).sum(-1) + Z_DIM * _HALF_LOG_2PI
+        z_term = -0.5 * g.z.square().sum(-1) - Z_DIM * _HALF_LOG_2PI + q1 * neg_lq_z
         s_d = self.d_cell_log_scale.exp()
         d_term = (
             -0.5 * ((log_d - c.log_cell_prior) / c.d_std).square()
             + 0.5 * ((log_d - g.d_cell_loc) / s_d).square()
             + (self.d_cell_log_scale - math.log(c.d_std))
         )
-        # Gamma(50, 50) − Gamma(100, 100 / ε̂) at ε
+        # Gamma(50, 50) − Gamma(50ε̂, 50) at ε: the −50ε terms cancel
         log_e = torch.log(g.eps)
         e_term = (
-            (EPS_PRIOR - EPS_GUIDE) * log_e - EPS_PRIOR * g.eps
-            + EPS_GUIDE * (torch.log(g.eps_mean) + g.eps / g.eps_mean) + _GAMMA_CONST
+            EPS_PRIOR * (1.0 - g.eps_mean) * (math.log(EPS_PRIOR) + log_e)
+            + torch.lgamma(EPS_PRIOR * g.eps_mean) + _GAMMA_CONST
         )  # fmt: skip
         de_term = (
             -0.5 * ((log_de - c.log_empty_prior) / EMPTY_SD).square()
@@ -349,7 +384,8 @@ class FullModel(nn.Module):
         n_total: int,
         generator: torch.Generator | None = None,
     ) -> Terms:
-        """−(ELBO + regularisers) per droplet of the minibatch (one guide draw)."""
+        """−(ELBO + regularisers) of the minibatch, summed over its droplets (one guide draw):
+        Pyro's SVI loss, whose gradient ClippedAdam clips element by element."""
         c = self.consts
         g = self.guide(x, generator)
         local, glob, pc = self.elbo_terms(x, lgamma_x1, prior_logit, n_total, g)
@@ -366,9 +402,11 @@ class FullModel(nn.Module):
         target = torch.where(pc["log_total"] > c.log_crossover, 10.0, -10.0)
         sup = -0.5 * (g.p_logit - target).square() - half_log_2pi
         reg = reg + 10.0 * (sup * far).sum()
-        cells = pc["q1"] > 0.5
+        # the median sampled ε of probable cells (counts above the crossover) and of probable
+        # empties tied to 1
+        cells = pc["log_total"] >= c.log_crossover
         for mask in (cells, ~cells):
             if int(mask.sum()) > 0:
-                med = g.eps_mean[mask].median()
+                med = g.eps[mask].median()
                 reg = reg - 0.5 * ((med - 1.0) / 0.01).square() - (math.log(0.01) + half_log_2pi)
-        return Terms(loss=-(elbo + reg) / b, elbo=elbo.detach())
+        return Terms(loss=-(elbo + reg), elbo=elbo.detach())

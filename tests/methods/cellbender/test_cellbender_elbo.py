@@ -11,7 +11,6 @@ import torch
 
 from methods.cellbender.model import (
     EMPTY_SD,
-    EPS_GUIDE,
     EPS_PRIOR,
     PHI_PRIOR,
     RHO_PRIOR,
@@ -105,12 +104,13 @@ def test_elbo_equals_pyro_traceenum_elbo(float64):
             pyro.sample("phi", dist.Gamma(model.phi_log_conc.exp(), model.phi_log_rate.exp()))
         z_loc, z_scale, p_logit, eps_mean, d_cell_loc = model.encode(x)
         with pyro.plate("droplets", b):
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
-            pyro.sample("y", dist.Bernoulli(logits=p_logit), infer={"enumerate": "parallel"})
+            y = pyro.sample("y", dist.Bernoulli(logits=p_logit), infer={"enumerate": "parallel"})
+            with poutine.mask(mask=y.bool()):  # upstream's guide: z drawn under y
+                pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
             pyro.sample("d_cell", dist.LogNormal(d_cell_loc, model.d_cell_log_scale.exp()))
             pyro.sample("d_empty", dist.LogNormal(model.d_empty_loc, model.d_empty_log_scale.exp()))
             pyro.sample(
-                "eps", dist.Gamma(torch.full_like(eps_mean, EPS_GUIDE), EPS_GUIDE / eps_mean)
+                "eps", dist.Gamma(EPS_PRIOR * eps_mean, torch.full_like(eps_mean, EPS_PRIOR))
             )
 
     pyro.set_rng_seed(3)
@@ -130,3 +130,22 @@ def test_elbo_equals_pyro_traceenum_elbo(float64):
         local, glob, _ = model.elbo_terms(x, lgx, prior, n_total, g)
         ours = float(local.sum() + glob * (b / n_total))
     assert ours == pytest.approx(pyro_value, rel=1e-10, abs=1e-8)
+
+
+def test_nb_approximation_matches_the_convolutions_moments(float64):
+    """NB(μ, α) ⊛ Poisson(λ) ≈ the NB with the same mean μ + λ and variance μ + λ + μ²/α
+    (upstream's r = α((μ + λ)/μ)²); Poisson(λ) where μ < 1e-5·λ."""
+    x = torch.arange(0, 4000, dtype=torch.float64)
+    for mu, lam, alpha in ((0.3, 2.0, 5.0), (5.0, 1.0, 5.0), (40.0, 3.0, 2.0), (200.0, 20.0, 4.0)):
+        m, la, a = (torch.tensor(v) for v in (mu, lam, alpha))
+        p = torch.exp(nb_approx_logprob(x, m, la, a) - torch.lgamma(x + 1))
+        mean = float((p * x).sum())
+        var = float((p * (x - mean) ** 2).sum())
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-9)
+        assert mean == pytest.approx(mu + lam, rel=1e-6)
+        assert var == pytest.approx(mu + lam + mu**2 / alpha, rel=1e-6)
+    p = torch.exp(
+        nb_approx_logprob(x[:50], torch.tensor(1e-7), torch.tensor(3.0), torch.tensor(5.0))
+    )
+    poisson = torch.distributions.Poisson(3.0).log_prob(x[:50]) + torch.lgamma(x[:50] + 1)
+    assert torch.allclose(torch.log(p), poisson)
