@@ -24,11 +24,12 @@ r = (1/φ)((μ + λ)/μ)² (the variance μ + λ + φμ² of the convolution), o
 enumerated y, so an empty droplet's z carries no entropy term)
 
 with the regularisers of the method notes: p_logit ~ N(prior, 2); 0.01 × the Poisson fit of
-every droplet's counts to λ(y = 0), weighted by q(y = 0); soft supervision of the logit
-towards ±10 (sd 1, weight 10) for droplets clearly on either side of the count crossover; the
-median of the sampled ε of the droplets above the count crossover and of those below it tied
-to 1 (sd 0.01). The loss is the minibatch's −(ELBO + regularisers) summed over its droplets, as
-Pyro's SVI returns it: ClippedAdam clips each element of its gradient at ±10. ``tests/methods/cellbender/test_cellbender_elbo.py``
+every droplet's counts to λ(y = 0, ε = 1) (ρ detached, as upstream's), weighted by q(y = 0);
+soft supervision of the logit towards ±10 (sd 1, weight 10) for droplets clearly on either
+side of the count crossover; the median of the sampled ε of the droplets above the count
+crossover and of those below it tied to 1 (sd 0.01). The loss is the minibatch's
+−(ELBO + regularisers) summed over its droplets, as Pyro's SVI returns it: ClippedAdam clips
+each element of its gradient at ±10. ``tests/methods/cellbender/test_cellbender_elbo.py``
 checks this ELBO against Pyro's ``TraceEnum_ELBO`` on the same model.
 """
 
@@ -373,7 +374,16 @@ class FullModel(nn.Module):
             - (conc - PHI_PRIOR[0]) * torch.log(g.phi)
             - conc * log_rate + torch.lgamma(conc) + _PRIOR_CONST
         )  # fmt: skip
-        pieces = {"ll0": ll0, "q1": q1, "log_total": torch.log(x.sum(-1).clamp(min=1.0))}
+        # the empty-droplet regulariser's Poisson rate, as upstream's: y = 0, ε = 1, ρ detached —
+        # the rate the posterior replays (``noise_rates``), so d_empty, ρ and χ_ambient are fitted
+        # to the empties at the ε the posterior uses
+        r = g.rho.detach()
+        chi_amb = torch.softmax(self.chi_ambient_logits, dim=-1)
+        lam_reg = g.d_empty[:, None] * ((1 - r) * chi_amb + r * self.chi_bar)
+        ll_reg = (x * torch.log(lam_reg) - lam_reg).sum(-1) - lgamma_x1
+        pieces = {
+            "ll_reg": ll_reg, "q1": q1, "log_total": torch.log(x.sum(-1).clamp(min=1.0))
+        }  # fmt: skip
         return local, glob, pieces
 
     def loss(
@@ -397,7 +407,7 @@ class FullModel(nn.Module):
         reg = (-0.125 * (g.p_logit - prior_logit.clamp(-10, 10)).square()).sum() - b * (
             math.log(2.0) + half_log_2pi
         )
-        reg = reg + 0.01 * ((1 - pc["q1"]) * pc["ll0"]).sum()
+        reg = reg + 0.01 * ((1 - pc["q1"]) * pc["ll_reg"]).sum()
         far = (pc["log_total"] - c.log_crossover).abs() > 1.0
         target = torch.where(pc["log_total"] > c.log_crossover, 10.0, -10.0)
         sup = -0.5 * (g.p_logit - target).square() - half_log_2pi
