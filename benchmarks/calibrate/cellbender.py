@@ -38,7 +38,7 @@ def nb_reassociated(fn: Callable) -> Callable:
         mean = lam + mu
         use_nb = mu > NB_SWITCH * lam
         mu_safe = torch.where(use_nb, mu, torch.ones_like(mu))
-        r = torch.where(use_nb, alpha * mean.square() / mu_safe, torch.ones_like(mu))
+        r = torch.where(use_nb, alpha * (mean / mu_safe).square(), torch.ones_like(mu))
         log_r_m = torch.log(r + mean)
         nb = (x * (torch.log(mean) - log_r_m) + r * (torch.log(r) - log_r_m)) + (
             torch.lgamma(x + r) - torch.lgamma(r)
