@@ -54,7 +54,7 @@ RHO_PRIOR = (1.5, 50.0)
 PHI_PRIOR = (1.0, 5.0)  # Gamma(concentration, rate): mean 0.2, sd 0.2
 NB_SWITCH = 1e-5  # μ < 1e-5·λ: pure Poisson
 EMPTY_SD = 0.01  # d_empty's prior scale (ε carries the droplets' spread)
-N_EXTRA = 4  # extra features: log Σx, log nnz, closeness to d_empty (ε: ambient overlap), ‖z‖
+N_EXTRA = 4  # extra features: log1p Σx, log1p nnz, closeness to d_empty (ε: ambient overlap), ‖z‖
 BN_MOMENTUM, BN_EPS = 0.01, 1e-3  # the decoder's BatchNorm, as upstream's
 # the constant of log Gamma(ε; 50, 50) − log Gamma(ε; 50ε̂, 50) less its lgamma(50ε̂), and of
 # the global priors log Beta(ρ; 1.5, 50) + log Gamma(φ; 1, 5)
@@ -64,6 +64,8 @@ _PRIOR_CONST = (
     math.lgamma(RHO_PRIOR[0] + RHO_PRIOR[1]) - math.lgamma(RHO_PRIOR[0]) - math.lgamma(RHO_PRIOR[1])
     + PHI_PRIOR[0] * math.log(PHI_PRIOR[1]) - math.lgamma(PHI_PRIOR[0])
 )  # fmt: skip
+LOGIT_COUNT_WEIGHT = 10.0  # the cell logit's 10·sign(Δ)·√|Δ| term, Δ = log1p Σx − crossover
+GATE_SHARPNESS = 50.0  # the logit's soft gates at the cell prior and the surely-empty count
 
 
 @dataclass
@@ -247,20 +249,24 @@ class FullModel(nn.Module):
         total = x.sum(-1).clamp(min=1.0)
         x_norm = x / total[:, None]
         z_loc, z_scale = self.encode_z(x_norm)
-        log_total = torch.log(total)
-        nnz = (x > 0).sum(-1).clamp(min=1).to(x.dtype)
-        closeness = -(log_total - self.d_empty_loc.detach()).abs()
-        extra = torch.stack([log_total, torch.log(nnz), closeness, z_loc.norm(dim=-1)], dim=-1)
+        log_total = torch.log1p(total)  # upstream's log counts: log1p(Σx)
+        nnz = (x > 0).sum(-1).to(x.dtype)
+        # closeness to d_empty: a Gaussian log-density (sd 0.1) of the counts above d_empty
+        closeness = -0.5 * ((log_total - self.d_empty_loc.detach()).clamp(min=0.0) / 0.1).square()
+        extra = torch.stack([log_total, torch.log1p(nnz), closeness, z_loc.norm(dim=-1)], dim=-1)
         amb = torch.softmax(self.chi_ambient_logits.detach(), -1)
         overlap = x @ (amb / amb.norm())  # the counts' projection on the ambient direction
-        extra_eps = torch.stack(
-            [torch.log1p(total), torch.log1p(nnz), overlap, z_loc.norm(dim=-1)], dim=-1
-        )
+        extra_eps = torch.stack([log_total, torch.log1p(nnz), overlap, z_loc.norm(dim=-1)], dim=-1)
         p_raw, eps_raw = self.encode_nonz(x_norm, extra, extra_eps)
         delta = log_total - c.log_crossover
-        p_logit = p_raw + torch.sign(delta) * delta.abs().sqrt()
-        p_logit = torch.where(log_total >= c.log_cell_counts, p_logit.clamp(min=10.0), p_logit)
-        p_logit = torch.where(log_total <= c.log_surely_empty, p_logit.clamp(max=-10.0), p_logit)
+        p_logit = p_raw + LOGIT_COUNT_WEIGHT * torch.sign(delta) * delta.abs().sqrt()
+        # gated (sigmoid of sharpness 50 in log counts) towards +10 above the cell prior and
+        # towards −10 below the surely-empty count, as upstream's encoder
+        above = torch.sigmoid(GATE_SHARPNESS * (log_total - c.log_cell_prior))
+        p_logit = (1 - above) * p_logit + above * 10.0
+        log1p_empty = math.log1p(math.exp(c.log_surely_empty))
+        beyond = torch.sigmoid(GATE_SHARPNESS * (log_total - log1p_empty))
+        p_logit = beyond * p_logit - (1 - beyond) * 10.0
         eps_enc = 2.0 * torch.sigmoid(0.2 * eps_raw - math.log(3.0)) + 0.5
         q1 = torch.sigmoid(p_logit)
         eps_mean = q1 * eps_enc + (1 - q1)
