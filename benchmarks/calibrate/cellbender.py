@@ -31,18 +31,16 @@ from calibrate.table import Variant, add_common, calibrate
 
 
 def nb_reassociated(fn: Callable) -> Callable:
-    """The moment-matched NB log-probability with its four terms summed in another order."""
-    from methods.cellbender.model import NB_SWITCH
+    """The NB approximation with its terms summed in another order (x·log m first, the
+    log1p term before the lgamma ratio)."""
+    from methods.cellbender.model import NB_SWITCH, lgamma_ratio
 
     def nb(x: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor) -> Any:
         mean = lam + mu
         use_nb = mu > NB_SWITCH * lam
         mu_safe = torch.where(use_nb, mu, torch.ones_like(mu))
         r = torch.where(use_nb, alpha * (mean / mu_safe).square(), torch.ones_like(mu))
-        log_r_m = torch.log(r + mean)
-        nb = (x * (torch.log(mean) - log_r_m) + r * (torch.log(r) - log_r_m)) + (
-            torch.lgamma(x + r) - torch.lgamma(r)
-        )
+        nb = (x * torch.log(mean) - (r + x) * torch.log1p(mean / r)) + lgamma_ratio(x, r)
         return torch.where(use_nb, nb, x * torch.log(lam) - lam)
 
     return nb

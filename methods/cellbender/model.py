@@ -191,22 +191,45 @@ class Terms:
     elbo: torch.Tensor  # the ELBO of the batch (regularisers excluded), summed over droplets
 
 
+def _stirling_tail(v: torch.Tensor) -> torch.Tensor:
+    """lgamma(v) − [(v − ½)·log v − v + ½·log 2π]: 1/(12v) − 1/(360v³) + 1/(1260v⁵), v ≥ 10."""
+    iv = 1.0 / v
+    iv2 = iv * iv
+    return iv * (1.0 / 12 - iv2 * (1.0 / 360 - iv2 / 1260))
+
+
+def lgamma_ratio(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """lgamma(x + r) − lgamma(r) − x·log r without cancellation: by Stirling's series for
+    r ≥ 10, (x + r − ½)·log1p(x / r) − x + tail(x + r) − tail(r) (error < 1e-9 in float64),
+    directly below. The direct difference loses everything for the NB approximation's large r
+    (r = α((μ + λ)/μ)² reaches 1e10 on genes a droplet barely expresses: float32 lgamma(r)
+    is then ~1e11 with an ulp of ~1e4)."""
+    big = r >= 10.0
+    rb = torch.where(big, r, torch.full_like(r, 10.0))
+    z = x + rb
+    d_big = (z - 0.5) * torch.log1p(x / rb) - x + (_stirling_tail(z) - _stirling_tail(rb))
+    rs = torch.where(big, torch.ones_like(r), r)
+    d_small = torch.lgamma(x + rs) - torch.lgamma(rs) - x * torch.log(rs)
+    return torch.where(big, d_big, d_small)
+
+
 def nb_approx_logprob(
     x: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor, alpha: torch.Tensor
 ) -> torch.Tensor:
     """log NB(μ, α) ⊛ Poisson(λ) by the moment-matched NB (Poisson(λ) where μ < 1e-5·λ),
-    elementwise, without the −lgamma(x + 1) term (the caller's per-droplet constant)."""
+    elementwise, without the −lgamma(x + 1) term (the caller's per-droplet constant).
+
+    The NB log-density with mean m and r = α(m/μ)², written so that it tends to the Poisson's
+    x·log m − m as r grows (``lgamma_ratio``; r·log(r/(r + m)) as −r·log1p(m/r)):
+    [lgamma(x + r) − lgamma(r) − x·log r] + x·log m − (x + r)·log1p(m / r). Upstream's
+    lgamma(x + r) − lgamma(r) + r·log(r/(r + m)) + x·log(m/(r + m)) is the same function, but
+    in float32 it is off by 0.25 nats per entry on average (5.6 at worst) on simulated
+    droplets, and reassociating it moved a 150-epoch training by 2.5 % in ELBO."""
     mean = mu + lam
     use_nb = mu > NB_SWITCH * lam
     mu_safe = torch.where(use_nb, mu, torch.ones_like(mu))
     r = torch.where(use_nb, alpha * (mean / mu_safe).square(), torch.ones_like(mu))
-    log_r_m = torch.log(r + mean)
-    nb = (
-        torch.lgamma(x + r)
-        - torch.lgamma(r)
-        + r * (torch.log(r) - log_r_m)
-        + x * (torch.log(mean) - log_r_m)
-    )
+    nb = lgamma_ratio(x, r) + x * torch.log(mean) - (x + r) * torch.log1p(mean / r)
     pois = x * torch.log(lam) - lam
     return torch.where(use_nb, nb, pois)
 
