@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the calibrate package
+# this checkout's harness and methods, not an installed (editable) copy of another checkout
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from calibrate import cellbender, cellwhisperer, rctd, scbert, scvi  # noqa: E402
 
