@@ -398,7 +398,7 @@ class Attempt:
             _as_kept(prepared_run, kept, inp)
             prepared_run(cand, inp)
             inp.remove()
-            session.startup_s += time.monotonic() - t0
+            session.warmup_s += time.monotonic() - t0
         every = PairLog()  # all timed rounds, re-run ones too: what the interference check sees
         r = 0
         while r < self.loop.rounds:

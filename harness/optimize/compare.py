@@ -139,7 +139,7 @@ def run(argv: list[str]) -> int:
             inp = new_input() if fresh else None
             for w in (a, b):
                 timed(w, inp)
-            session.startup_s += time.monotonic() - t0
+            session.warmup_s += time.monotonic() - t0
         r = 0
         while r < cmp.rounds:
             t0 = time.monotonic()

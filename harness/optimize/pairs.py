@@ -32,7 +32,8 @@ class Session:
     """The pairs played so far and where the time went."""
 
     pairs: list[PairLog] = field(default_factory=list)
-    startup_s: float = 0.0
+    startup_s: float = 0.0  # starting (or forking) the workers: imports, config, seal
+    warmup_s: float = 0.0  # the untimed warm round of every pair (``loop.warm_round``)
     inputs_s: float = 0.0
     runs_s: float = 0.0
     reruns: int = 0  # timed rounds run again because a busy neighbour disturbed them
@@ -44,11 +45,14 @@ class Session:
         return time.monotonic() - self.started
 
     def breakdown(self) -> str:
-        other = max(0.0, self.seconds - self.startup_s - self.inputs_s - self.runs_s)
+        spent = self.startup_s + self.warmup_s + self.inputs_s + self.runs_s
+        other = max(0.0, self.seconds - spent)
+        total = max(self.seconds, 1e-9)
         return (
             f"{self.seconds:.0f} s: worker start-up {self.startup_s:.0f} s "
-            f"({self.startup_s / max(self.seconds, 1e-9):.0%}), inputs "
-            f"{self.inputs_s:.0f} s, timed runs {self.runs_s:.0f} s, other {other:.0f} s"
+            f"({self.startup_s / total:.0%}), warm-up rounds {self.warmup_s:.0f} s "
+            f"({self.warmup_s / total:.0%}), inputs {self.inputs_s:.0f} s, "
+            f"timed runs {self.runs_s:.0f} s, other {other:.0f} s"
             + (f"; {self.reruns} disturbed round(s) run again" if self.reruns else "")
         )
 

@@ -27,6 +27,13 @@ def test_a_round_where_a_side_waited_for_the_cpu_is_run_again():
     assert not s.disturbed((_t(1.0, float("nan")), _t(1.0, 0.0)), 0.1, 2)  # no schedstat
 
 
+def test_the_decision_line_says_start_up_and_warm_up_apart():
+    s = Session(started=time.monotonic() - 100.0, startup_s=10.0, warmup_s=20.0, runs_s=60.0)
+    line = s.breakdown()
+    assert "worker start-up 10 s (10%), warm-up rounds 20 s (20%)" in line, line
+    assert "timed runs 60 s, other 10 s" in line, line
+
+
 def test_the_kernel_reports_the_wait_of_a_process_that_shares_its_cpu():
     """Two busy processes pinned to one CPU: each waits about half of the time."""
     spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass\n"
