@@ -224,7 +224,8 @@ class LaunchConfig:
     # workers forked from one pre-imported template per side and try (harness/optimize/
     # template.py) instead of started afresh: start-up paid once per commit and side; both
     # sides forked alike (the keeper's warm workers unused), as forked workers run 12-21%
-    # slower than fresh ones here (benchmarks/process_bias.py, template.py's docstring)
+    # slower than fresh ones here (benchmarks/process_bias.py, template.py's docstring). Off:
+    # a template's workers share its bias (A/A false keeps 3.6% with it, 0.0% without)
     fork: bool = False
     # workers in a mount namespace where the Python installation, the repository (checkouts,
     # results, .git) and the loop's files are read-only, but for their scratch and the cache

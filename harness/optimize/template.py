@@ -20,7 +20,11 @@ workers carry no more per-process bias than fresh ones (sd 2.7% / 2.5% against 4
 but their runs are **slower**: median 0.688 s against 0.569 s, and 0.639 s against 0.571 s
 with the order swapped (+12 to +21%, the cause not found: not transparent huge pages, which
 are madvise-only here). Forking only the candidate would bias every decision against it;
-forked alike, both sides pay it.
+forked alike, both sides pay it. But every worker a template forks shares that template's
+bias, and the rule assumes independent pairs: an A/A collection of 30 forked pairs
+(``benchmarks/loop_power.py collect ... loop.launch.fork=true``, RCTD 1000 px, one template
+per side) had a mean pair statistic of −2.0% (se 1.2%) and 3.6% A/A false keeps in ``analyse``
+(0.0% with fresh workers). So it stays off.
 """
 
 from __future__ import annotations
