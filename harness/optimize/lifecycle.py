@@ -80,8 +80,12 @@ def drop(repo: Any, tag: str) -> None:
             repo.git.worktree("remove", "--force", str(tree))
     if branch in [h.name for h in repo.heads]:
         repo.git.branch("-m", branch, BRANCH_PREFIX + aside)
-    loop_dir = results / "loop"
-    for old, new in ((loop_dir / tag, loop_dir / aside), (loop_dir / f"{tag}.json", loop_dir / f"{aside}.json")):  # fmt: skip
+    loop_dir, attempts = results / "loop", results / "attempts"
+    for old, new in (
+        (loop_dir / tag, loop_dir / aside),
+        (loop_dir / f"{tag}.json", loop_dir / f"{aside}.json"),
+        (attempts / tag, attempts / aside),  # else a restart's attempt numbers collide
+    ):
         if old.exists():
             shutil.move(str(old), str(new))
     anchor = json.loads(locator.read_text())

@@ -329,6 +329,8 @@ def test_stop_ends_the_keeper_and_drop_lets_start_reuse_the_tag(repo):
     aside = [b.strip(" *") for b in repo.git("branch").splitlines() if "t-dropped-" in b]
     assert len(aside) == 1 and repo.git("rev-parse", aside[0]) == kept  # nothing lost
     assert (repo.root / "results" / "loop" / (aside[0].split("/")[1] + ".json")).exists()
+    attempts = repo.root / "results" / "attempts"
+    assert (attempts / aside[0].split("/")[1]).is_dir() and not (attempts / "t").exists()
     repo.git("checkout", "-q", "main")
     again = repo.loop("start", "tag=t", *TOY)
     assert again.returncode == 0, again.stderr
