@@ -501,11 +501,9 @@ class Attempt:
         # an equal-result simplification: identical to the kept commit's outputs (after a close
         # keep the verdict against the loop's start is close for every later candidate)
         if status in ("keep", "keep-neutral") and self.neutral and self.kept_verdict != "exact":
-            status, self.reason = (
-                "discard",
-                (
-                    f"--neutral needs outputs identical to the kept commit's, got {self.kept_verdict}"
-                ),
+            status = "discard"
+            self.reason = (
+                f"--neutral needs outputs identical to the kept commit's, got {self.kept_verdict}"
             )
         self.status = status
         self._record()

@@ -351,14 +351,13 @@ class FullModel(nn.Module):
         elbo = local.sum() + glob * (b / n_total)
         # Normal log-densities written out: N(p; prior, 2), 10 × N(p; ±10, 1) far from the
         # crossover, N(median ε̂; 1, 0.01) for cells and for empties
-        half_log_2pi = 0.5 * math.log(2 * math.pi)
         reg = (-0.125 * (g.p_logit - prior_logit.clamp(-10, 10)).square()).sum() - b * (
-            math.log(2.0) + half_log_2pi
+            math.log(2.0) + _HALF_LOG_2PI
         )
         reg = reg + 0.01 * ((1 - pc["q1"]) * pc["ll_reg"]).sum()
         far = (pc["log_total"] - c.log_crossover).abs() > 1.0
         target = torch.where(pc["log_total"] > c.log_crossover, 10.0, -10.0)
-        sup = -0.5 * (g.p_logit - target).square() - half_log_2pi
+        sup = -0.5 * (g.p_logit - target).square() - _HALF_LOG_2PI
         reg = reg + 10.0 * (sup * far).sum()
         # the median sampled ε of probable cells (counts above the crossover) and of probable
         # empties tied to 1
@@ -366,5 +365,5 @@ class FullModel(nn.Module):
         for mask in (cells, ~cells):
             if int(mask.sum()) > 0:
                 med = g.eps[mask].median()
-                reg = reg - 0.5 * ((med - 1.0) / 0.01).square() - (math.log(0.01) + half_log_2pi)
+                reg = reg - 0.5 * ((med - 1.0) / 0.01).square() - (math.log(0.01) + _HALF_LOG_2PI)
         return Terms(loss=-(elbo + reg), elbo=elbo.detach())
